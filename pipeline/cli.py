@@ -1,0 +1,204 @@
+"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job) and inspect.
+
+Each command prints a short human summary, or with `--json` one machine-readable JSON object on stdout.
+Exit codes: 0 done, 1 the run finished incomplete or verification found problems, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import jobs, sources
+from pipeline.manifest import MANIFEST, Manifest
+from pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
+
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+
+
+def _add_source(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--source", required=required, default=None,
+                   help="parquet file, directory, glob, hf://datasets/... or fsspec URL"
+                   + ("" if required else " (default: the bundled sample)"))
+    p.add_argument("--text-column", default=sources.DEFAULT_TEXT_COLUMN)
+    p.add_argument("--id-column", default=sources.DEFAULT_ID_COLUMN)
+
+
+def _add_ray(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="join a Ray cluster: auto, ray://host:10001 or host:port "
+                   "(default: start a local Ray instance for this run)")
+    p.add_argument("--workers", type=int, default=None, help="parallel tasks (default: all CPUs)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES)
+    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="gpt2, cl100k (gpt4), cl100k-d2 (default), "
+                   "o200k (gpt4o), or a regex")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_encoding(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION)
+    p.add_argument("--slice-mb", type=int, default=sources.DEFAULT_SLICE_BYTES >> 20,
+                   help="uncompressed text per encode task / shard, in MiB")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal; plain log lines otherwise)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokshard", description="Train a BPE tokenizer and tokenize a corpus "
+                                     "into Arrow token shards with Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a sample of SRC")
+    _add_source(p, required=True)
+    p.add_argument("--out", required=True, help="tokenizer directory to write")
+    _add_training(p)
+    _add_ray(p)
+
+    p = sub.add_parser("encode", help="encode SRC into token shards")
+    _add_source(p, required=True)
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_encoding(p)
+    _add_ray(p)
+
+    p = sub.add_parser("run", help="the main job: train a tokenizer on a sample, then encode everything")
+    _add_source(p, required=False)
+    p.add_argument("--out", required=True, help="output directory (tokenizer in OUT/tokenizer)")
+    _add_training(p)
+    _add_encoding(p)
+    _add_ray(p)
+
+    p = sub.add_parser("inspect", help="summarise and verify a shard directory or a tokenizer directory")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _print(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print("\n".join(lines))
+
+
+def _encode_lines(s: dict[str, Any]) -> list[str]:
+    lines = [
+        f"encoded {s['documents']:,} documents into {s['tokens']:,} tokens in {s['shards']} shards -> {s['out']}",
+        f"  {s['text_bytes'] / 1e6:,.1f} MB of text, {s['bytes_per_token']:.3f} bytes/token, "
+        f"{s['seconds']:.1f} s, {s['tokens_per_s'] / 1e6:.2f} M tokens/s",
+    ]
+    for split, t in s["splits"].items():
+        lines.append(f"  {split}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['shards']} shards, "
+                     f"{t['bytes_per_token']:.3f} bytes/token")
+    lines += [f"  ERROR {e}" for e in s["errors"]]
+    if not s["complete"]:
+        lines.append(f"  INCOMPLETE: {len(s['errors'])} slice(s) failed; fix them and run again")
+    return lines
+
+
+def _train_lines(s: dict[str, Any]) -> list[str]:
+    return [f"trained a {s['vocab_size']:,}-token tokenizer on {s['sample_documents']:,} documents "
+            f"({s['sample_bytes'] / 1e6:,.1f} MB) in {s['seconds']:.1f} s -> {s['tokenizer']}",
+            f"  tokenizer.json sha256 {s['sha256']}"]
+
+
+def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    result = jobs.train_tokenizer(args.source, args.out, vocab_size=args.vocab_size, sample_bytes=args.sample_bytes,
+                                  pattern=args.pattern, seed=args.seed, text_column=args.text_column,
+                                  id_column=args.id_column, address=args.address, workers=args.workers)
+    _print(args, result.summary(), _train_lines(result.summary()))
+    return 0
+
+
+def _encode(args: argparse.Namespace, tokenizer_dir: str) -> jobs.EncodeResult:
+    return jobs.encode(args.source, tokenizer_dir, args.out, workers=args.workers, val_fraction=args.val_fraction,
+                       text_column=args.text_column, id_column=args.id_column, slice_bytes=args.slice_mb << 20,
+                       address=args.address, show_progress=args.progress)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    result = _encode(args, args.tokenizer)
+    _print(args, result.summary(), _encode_lines(result.summary()))
+    return 0 if result.complete else EXIT_INCOMPLETE
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    tok_dir = str(Path(args.out) / "tokenizer")
+    with jobs.ray_session(args.address, args.workers):
+        trained = jobs.train_tokenizer(args.source, tok_dir, vocab_size=args.vocab_size,
+                                       sample_bytes=args.sample_bytes, pattern=args.pattern, seed=args.seed,
+                                       text_column=args.text_column, id_column=args.id_column)
+        result = _encode(args, tok_dir)
+    summary = {"tokenizer": trained.summary(), **result.summary()}
+    _print(args, summary, _train_lines(trained.summary()) + _encode_lines(result.summary()))
+    return 0 if result.complete else EXIT_INCOMPLETE
+
+
+def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+    tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json
+    meta = tok.metadata
+    summary = {"kind": "tokenizer", "path": str(path), "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
+               "pattern_name": tok.pattern_name, "pattern": tok.pattern, "special_tokens": tok.special_tokens,
+               "sha256": tok.sha256, "training": meta.get("training"), "problems": []}
+    problems = [] if (path / METADATA_JSON).is_file() else [f"{path / METADATA_JSON}: missing"]
+    lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}",
+             f"  special tokens: {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items())}",
+             f"  sha256 {tok.sha256} (verified)"]
+    if meta.get("training"):
+        t = meta["training"]
+        lines.append(f"  trained on {t.get('sample_documents', '?'):,} docs / {t.get('sample_bytes', 0) / 1e6:,.1f} MB "
+                     f"of {t.get('source')} in {t.get('seconds', '?')} s")
+    return summary, lines, problems
+
+
+def _inspect_shards(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+    manifest = Manifest.read(path)
+    problems = manifest.verify(path) + [f"run incomplete: {e}" for e in manifest.data.get("errors", [])]
+    totals = manifest.totals()
+    summary = {"kind": "shards", "path": str(path), "tokenizer": manifest.tokenizer, "totals": totals,
+               "shards": len(manifest.shards), "problems": problems}
+    lines = [f"shards {path}: {len(manifest.shards)} shards verified against {MANIFEST}, "
+             f"tokenizer {manifest.tokenizer['sha256'][:12]}… ({manifest.tokenizer['dtype']})"]
+    for split in ("train", "val", "all"):
+        t = totals[split]
+        lines.append(f"  {split:5s}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['text_bytes'] / 1e6:,.1f} MB,"
+                     f" {t['bytes_per_token']:.3f} bytes/token")
+    return summary, lines, problems
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if (path / MANIFEST).is_file():
+        summary, lines, problems = _inspect_shards(path)
+    elif (path / TOKENIZER_JSON).is_file():
+        summary, lines, problems = _inspect_tokenizer(path)
+    else:
+        raise FileNotFoundError(f"{path} holds neither {MANIFEST} (a shard directory) nor {TOKENIZER_JSON} "
+                                "(a tokenizer directory)")
+    lines += [f"  PROBLEM {p}" for p in problems] or ["  no problems found"]
+    _print(args, summary, lines)
+    return EXIT_INCOMPLETE if problems else 0
+
+
+COMMANDS = {"train-tokenizer": cmd_train_tokenizer, "encode": cmd_encode, "run": cmd_run, "inspect": cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tokshard {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

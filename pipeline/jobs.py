@@ -1,0 +1,317 @@
+"""The Ray jobs: draw a sample and train the tokenizer; encode every slice of the corpus into shards.
+
+The driver plans, submits and records; the work runs in Ray tasks, so the same code runs on a laptop (a local
+Ray instance started and stopped here) and on a cluster (`--address`). Tasks return their stats to the driver,
+which writes the manifest last: a manifest on disk describes complete, fsynced shards only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import atomic, sources
+from pipeline.manifest import MANIFEST, Manifest, ShardRecord
+from pipeline.progress import Progress
+from pipeline.shards import SUFFIX, write_shard
+from pipeline.tokenizer import (
+    DEFAULT_PATTERN,
+    DEFAULT_VOCAB_SIZE,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    load_cached,
+    resolve_pattern,
+)
+
+DEFAULT_SAMPLE_BYTES = 200_000_000
+MAX_SAMPLE_DOC_CHARS = 10_000  # long documents are capped so one of them cannot dominate the merge counts
+DEFAULT_VAL_FRACTION = 0.01
+
+
+# -- Ray session ------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def ray_session(address: str | None = None, workers: int | None = None) -> Iterator[None]:
+    """Join `address` or start a local Ray instance (stopped on exit); reuse one that is already initialised.
+
+    Ray 2.60 enables token authentication by itself after a local start; we set RAY_AUTH_MODE explicitly
+    ("disabled" for the private local instance unless the user chose otherwise) so behaviour never depends
+    on what an earlier `ray.init()` left behind.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    # riptoken's batch encoder uses rayon's global pool: one thread per task, Ray does the parallelism.
+    runtime_env = {"env_vars": {"RAYON_NUM_THREADS": "1"}}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env,
+                 log_to_driver=True, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _largest_node_cpus() -> int:
+    import ray
+
+    cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(cpus, default=1)))
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# -- tokenizer training -----------------------------------------------------------------------------------
+def _sample_slice(piece: sources.Slice, fraction: float, seed: int, text_column: str, id_column: str) -> list[str]:
+    out: list[str] = []
+    for batch in sources.iter_batches(piece, text_column, id_column):
+        for doc_id, text in zip(batch.ids, batch.texts, strict=True):
+            if fraction >= 1 or sources.id_fraction(doc_id, f"tokshard-sample-{seed}:") < fraction:
+                out.append(text[:MAX_SAMPLE_DOC_CHARS])
+    return out
+
+
+def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
+    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges."""
+    import ray
+    import rustbpe
+
+    texts: list[str] = []
+    used = 0
+    for ref in samples:  # refs in plan order, so the capped sample is the same on every run
+        for text in ray.get(ref):
+            if used >= sample_bytes:
+                break
+            texts.append(text)
+            used += len(text.encode("utf-8", "surrogatepass"))
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(iter(texts), vocab_size=vocab_size, pattern=pattern)
+    return {"ranks": list(bpe.get_mergeable_ranks()), "documents": len(texts), "bytes": used}
+
+
+@dataclass
+class TrainResult:
+    tokenizer_dir: Path
+    vocab_size: int
+    sample_documents: int
+    sample_bytes: int
+    seconds: float
+    sha256: str
+
+    def summary(self) -> dict[str, Any]:
+        return {"tokenizer": str(self.tokenizer_dir), "vocab_size": self.vocab_size,
+                "sample_documents": self.sample_documents, "sample_bytes": self.sample_bytes,
+                "seconds": round(self.seconds, 2), "sha256": self.sha256}
+
+
+def train_tokenizer(
+    source: str | None,
+    out: str | os.PathLike[str],
+    *,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    pattern: str = DEFAULT_PATTERN,
+    seed: int = 0,
+    text_column: str = sources.DEFAULT_TEXT_COLUMN,
+    id_column: str = sources.DEFAULT_ID_COLUMN,
+    address: str | None = None,
+    workers: int | None = None,
+) -> TrainResult:
+    """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory."""
+    import ray
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
+                         f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens + 1 merge)")
+    pattern_name, regex = resolve_pattern(pattern)
+    t0 = time.time()
+    files = sources.resolve_files(source)
+    slices = sources.plan_slices(files, text_column)
+    total = sum(s.text_bytes_estimate for s in slices)
+    fraction = min(1.0, sample_bytes / max(total, 1))
+    with ray_session(address, workers):
+        sample_task = ray.remote(num_cpus=1, max_retries=3)(_sample_slice)
+        refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
+        train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
+        # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
+        trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, sample_bytes))
+    n_docs, n_bytes = trained["documents"], trained["bytes"]
+    tok = Tokenizer.from_ranks(dict(trained["ranks"]), regex, pattern_name)
+    seconds = time.time() - t0
+    training = {"source": source or "bundled-sample", "files": len(files), "sample_documents": n_docs,
+                "sample_bytes": n_bytes, "sample_bytes_limit": sample_bytes, "max_doc_chars": MAX_SAMPLE_DOC_CHARS,
+                "seed": seed, "trainer": "rustbpe", "seconds": round(seconds, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out_dir = tok.save(out, training=training)
+    return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256)
+
+
+# -- encoding ---------------------------------------------------------------------------------------------
+@dataclass
+class _SplitBuffer:
+    ids: list[str] = field(default_factory=list)
+    arrays: list[np.ndarray] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    text_bytes: int = 0
+
+    def add(self, doc_id: str, ids: list[int], dtype: np.dtype, row: int, nbytes: int) -> None:
+        self.ids.append(doc_id)
+        self.arrays.append(np.array(ids, dtype=dtype))
+        self.lengths.append(len(ids))
+        self.rows.append(row)
+        self.text_bytes += nbytes
+
+
+def encode_slice(
+    piece: sources.Slice,
+    tokenizer_dir: str,
+    tokenizer_sha256: str,
+    out_dir: str,
+    val_fraction: float,
+    text_column: str,
+    id_column: str,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Encode one slice into `train/` and `val/` shards named after the slice; return their records."""
+    t0 = time.time()
+    tok = load_cached(tokenizer_dir, tokenizer_sha256)
+    buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
+    for batch in sources.iter_batches(piece, text_column, id_column):
+        encoded = tok.encode_batch(batch.texts, bos=True)
+        n_tokens = n_bytes = 0
+        for i, (doc_id, text, ids) in enumerate(zip(batch.ids, batch.texts, encoded, strict=True)):
+            nbytes = len(text.encode("utf-8", "surrogatepass"))
+            split = "val" if sources.is_validation(doc_id, val_fraction) else "train"
+            buffers[split].add(doc_id, ids, tok.dtype, batch.first_row + i, nbytes)
+            n_tokens += len(ids)
+            n_bytes += nbytes
+        if progress is not None:
+            progress.add.remote(len(batch.texts), n_tokens, n_bytes)
+    records = []
+    for split, buf in buffers.items():
+        if not buf.ids:
+            continue
+        offsets = np.zeros(len(buf.lengths) + 1, dtype=np.int64)
+        np.cumsum(buf.lengths, out=offsets[1:])
+        rel = f"{split}/shard-{piece.index:06d}{SUFFIX}"
+        written = write_shard(Path(out_dir) / rel, buf.ids, np.concatenate(buf.arrays), offsets,
+                              tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
+        seconds = time.time() - t0
+        records.append(ShardRecord(
+            path=rel, split=split, source=piece.path, slice=piece.index, row_groups=[piece.rg_start, piece.rg_end],
+            rows=[piece.row_start, piece.row_end], documents=written.documents, tokens=written.tokens,
+            text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
+            tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(),
+        ).to_dict())
+    return records
+
+
+@dataclass
+class EncodeResult:
+    manifest: Manifest
+    out_dir: Path
+    seconds: float
+    errors: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> dict[str, Any]:
+        totals = self.manifest.totals()
+        allt = totals["all"]
+        return {"out": str(self.out_dir), "complete": self.complete, "errors": self.errors,
+                "documents": allt["documents"], "tokens": allt["tokens"], "text_bytes": allt["text_bytes"],
+                "bytes_per_token": allt["bytes_per_token"], "shards": len(self.manifest.shards),
+                "seconds": round(self.seconds, 2), "tokens_per_s": round(allt["tokens"] / max(self.seconds, 1e-9)),
+                "splits": {k: v for k, v in totals.items() if k != "all"}}
+
+
+def encode(
+    source: str | None,
+    tokenizer_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    text_column: str = sources.DEFAULT_TEXT_COLUMN,
+    id_column: str = sources.DEFAULT_ID_COLUMN,
+    slice_bytes: int = sources.DEFAULT_SLICE_BYTES,
+    address: str | None = None,
+    show_progress: bool | None = None,
+) -> EncodeResult:
+    """Encode every document of `source` into shards under `out`, one Ray task per slice."""
+    import ray
+
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    t0 = time.time()
+    out_dir = Path(out).absolute()
+    tok = Tokenizer.load(tokenizer_dir)
+    existing = Manifest.read(out_dir) if (out_dir / MANIFEST).is_file() else None
+    if existing is not None and existing.tokenizer["sha256"] != tok.sha256:
+        raise ValueError(f"{out_dir} holds shards made with tokenizer {existing.tokenizer['sha256'][:12]}…, "
+                         f"not {tok.sha256[:12]}…; choose another --out or delete that directory")
+    files = sources.resolve_files(source)
+    slices = sources.plan_slices(files, text_column, slice_bytes)
+    local_tok = out_dir / "tokenizer"
+    if Path(tokenizer_dir).absolute() != local_tok:
+        shutil.rmtree(local_tok, ignore_errors=True)
+        tok.save(local_tok, training=tok.metadata.get("training"))
+    for split in ("train", "val"):
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        atomic.remove_stale_temporaries(out_dir / split)
+
+    records: list[dict[str, Any]] = []
+    errors: list[str] = []
+    with ray_session(address, workers):
+        max_in_flight = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
+        progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in slices), show=show_progress)
+        pending = list(reversed(slices))
+        in_flight: dict[Any, sources.Slice] = {}
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < max_in_flight:
+                    s = pending.pop()
+                    ref = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction,
+                                      text_column, id_column, progress.actor)
+                    in_flight[ref] = s
+                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                for ref in done:
+                    s = in_flight.pop(ref)
+                    try:
+                        records.extend(ray.get(ref))
+                    except Exception as e:
+                        errors.append(_task_error(s, e))
+                progress.update()
+        finally:
+            progress.close()
+
+    records.sort(key=lambda r: (r["split"], r["path"]))
+    manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, errors)
+    manifest.write(out_dir)
+    return EncodeResult(manifest, out_dir, time.time() - t0, errors)
+
+
+def _task_error(piece: sources.Slice, exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    return f"{piece.path} (row groups {piece.rg_start}-{piece.rg_end - 1}): {msg}"
+

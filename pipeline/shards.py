@@ -1,0 +1,150 @@
+"""Token shards: one Arrow IPC stream file per shard, and a zero-copy memory-mapped reader.
+
+A shard is an uncompressed Arrow IPC *stream* with two columns, `id` (string, the source document id) and
+`tokens` (list<uint16>, or list<uint32> for vocabularies above 65536), `<|bos|>` first in every row, written as
+ONE record batch so that all token ids of a shard lie contiguously in the file. That makes the reader's flat
+view (`ShardReader.tokens`) a numpy array over the memory map: no copy, no parse, however large the shard.
+`datasets.Dataset.from_file`, `pyarrow.ipc.open_stream` and `polars.read_ipc_stream` load it as-is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import atomic
+
+FORMAT_VERSION = "1"
+SUFFIX = ".arrow"
+
+
+def shard_schema(dtype: np.dtype, tokenizer_sha256: str, bos_id: int) -> pa.Schema:
+    value_type = {np.dtype(np.uint16): pa.uint16(), np.dtype(np.uint32): pa.uint32()}[np.dtype(dtype)]
+    return pa.schema(
+        [pa.field("id", pa.string(), nullable=False), pa.field("tokens", pa.list_(value_type), nullable=False)],
+        metadata={
+            "tokshard.format_version": FORMAT_VERSION,
+            "tokshard.tokenizer_sha256": tokenizer_sha256,
+            "tokshard.dtype": np.dtype(dtype).name,
+            "tokshard.bos_id": str(bos_id),
+        },
+    )
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    path: Path
+    documents: int
+    tokens: int
+    size: int
+    sha256: str
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    *,
+    tokenizer_sha256: str,
+    bos_id: int,
+) -> WrittenShard:
+    """Write one shard atomically (temp name, fsync, rename) and return its size and sha256.
+
+    `tokens` is the flat id array of all rows, `offsets` the int64 row boundaries (len = rows + 1).
+    """
+    if len(offsets) != len(ids) + 1 or int(offsets[-1]) != len(tokens):
+        raise ValueError(f"offsets do not describe {len(ids)} rows over {len(tokens)} tokens")
+    schema = shard_schema(tokens.dtype, tokenizer_sha256, bos_id)
+    values = pa.array(tokens, type=schema.field("tokens").type.value_type)
+    # int64 offsets would make the column a large_list; shards stay below 2**31 tokens by construction.
+    if len(tokens) >= 2**31:
+        raise ValueError(f"a shard holds at most 2**31-1 tokens, got {len(tokens)}; plan smaller slices")
+    token_col = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
+    batch = pa.record_batch([pa.array(list(ids), type=pa.string()), token_col], schema=schema)
+    digest = hashlib.sha256()
+    with atomic.atomic_open(path, "wb") as f:
+        sink = _HashingSink(f, digest)
+        with pa.ipc.new_stream(sink, schema) as writer:
+            writer.write_batch(batch)
+    p = Path(path)
+    return WrittenShard(path=p, documents=len(ids), tokens=len(tokens), size=p.stat().st_size,
+                        sha256=digest.hexdigest())
+
+
+class _HashingSink:
+    """A file-like object that hashes what passes through it, so a shard is hashed while it is written."""
+
+    def __init__(self, f, digest) -> None:
+        self._f, self._digest = f, digest
+        self.closed = False
+
+    def write(self, data) -> int:
+        mv = memoryview(data)
+        self._digest.update(mv)
+        return self._f.write(mv)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class ShardReader:
+    """Memory-maps a shard: `tokens` is a flat zero-copy numpy view, `offsets` the row boundaries."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._source = pa.memory_map(str(self.path), "r")
+            self.table = pa.ipc.open_stream(self._source).read_all()
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{self.path} is not a readable tokshard shard: {e}") from e
+        meta = {k.decode(): v.decode() for k, v in (self.table.schema.metadata or {}).items()}
+        if meta.get("tokshard.format_version") != FORMAT_VERSION:
+            raise ValueError(f"{self.path}: shard format version {meta.get('tokshard.format_version')!r}, "
+                             f"this tokshard reads {FORMAT_VERSION!r}")
+        self.metadata = meta
+        self.tokenizer_sha256 = meta["tokshard.tokenizer_sha256"]
+        self.bos_id = int(meta["tokshard.bos_id"])
+        self.dtype = np.dtype(meta["tokshard.dtype"])
+        col = self.table.column("tokens")
+        if col.num_chunks > 1:
+            raise ValueError(f"{self.path} has {col.num_chunks} record batches; tokshard shards have one")
+        if col.num_chunks == 0 or len(col) == 0:
+            self.tokens = np.zeros(0, dtype=self.dtype)
+            self.offsets = np.zeros(1, dtype=np.int64)
+        else:
+            lists = col.chunk(0)
+            raw_offsets = lists.offsets.to_numpy(zero_copy_only=True)
+            start, end = int(raw_offsets[0]), int(raw_offsets[-1])
+            self.tokens = lists.values.to_numpy(zero_copy_only=True)[start:end]
+            self.offsets = raw_offsets.astype(np.int64) - start
+
+    @property
+    def documents(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.column("id").to_pylist()
+
+    def row(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def close(self) -> None:
+        self.table = None  # type: ignore[assignment]
+        self._source.close()
+
+    def __enter__(self) -> ShardReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

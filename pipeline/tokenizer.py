@@ -1,0 +1,368 @@
+"""The tokenizer: a byte-level BPE vocabulary, its HF `tokenizer.json`, and the fast encoder over it.
+
+`tokenizer.json` is the single source of truth: it is what we save, what any HF-compatible tool loads, and what
+our encoder is built from (vocabulary ids are tiktoken ranks). Encoding runs in riptoken (a Rust tiktoken
+reimplementation, the fastest exact engine we measured); riptoken is known to diverge from tiktoken/HF on very
+long pre-split pieces, so documents that could contain such a piece are encoded by tiktoken instead
+(see `_may_diverge`). Special-token text inside a document is always encoded as plain text.
+
+A tokenizer directory holds:
+    tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
+    tokshard.json      metadata: vocab size, pattern, special tokens, sha256 of tokenizer.json, training record
+    token_bytes.npy    int32[vocab_size]: UTF-8 byte length of each id, 0 for special tokens
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import atomic
+
+# Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
+PATTERNS: dict[str, str] = {
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
+    # GPT-4's pattern with digits grouped by 1-2 instead of 1-3 (nanochat's finding at 32k vocab).
+    "cl100k-d2": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
+    "o200k": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
+}
+PATTERN_ALIASES = {"gpt4": "cl100k", "gpt4o": "o200k"}
+DEFAULT_PATTERN = "cl100k-d2"
+DEFAULT_VOCAB_SIZE = 32768
+
+BOS = "<|bos|>"
+SPECIAL_TOKENS: tuple[str, ...] = (BOS, "<|pad|>", *(f"<|reserved_{i}|>" for i in range(6)))
+
+TOKENIZER_JSON = "tokenizer.json"
+METADATA_JSON = "tokshard.json"
+TOKEN_BYTES_NPY = "token_bytes.npy"
+METADATA_FORMAT = "tokshard-tokenizer/1"
+
+# riptoken may give different ids than tiktoken/HF once a single pre-split piece is long (it is exact on
+# short ones). A piece never spans a whitespace/non-whitespace boundary by more than one character, so a
+# document without a run of LONG_RUN_CHARS same-class characters cannot contain a piece that long.
+LONG_RUN_CHARS = 64
+_LONG_RUN = re.compile(rf"\S{{{LONG_RUN_CHARS},}}|\s{{{LONG_RUN_CHARS},}}")
+
+
+def resolve_pattern(name_or_regex: str) -> tuple[str, str]:
+    """Return (name, regex) for a preset name, an alias, or a literal regex (named 'custom')."""
+    name = PATTERN_ALIASES.get(name_or_regex, name_or_regex)
+    if name in PATTERNS:
+        return name, PATTERNS[name]
+    if "\\" in name_or_regex or "|" in name_or_regex:
+        return "custom", name_or_regex
+    raise ValueError(
+        f"unknown pattern {name_or_regex!r}: use one of {', '.join(sorted([*PATTERNS, *PATTERN_ALIASES]))} "
+        "or a full regex"
+    )
+
+
+@functools.cache
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, used by HF's ByteLevel model."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
+
+
+def _token_str(token: bytes) -> str:
+    table = _byte_to_unicode()
+    return "".join(table[b] for b in token)
+
+
+def _token_from_str(s: str) -> bytes:
+    inverse = {c: b for b, c in _byte_to_unicode().items()}
+    try:
+        return bytes(inverse[c] for c in s)
+    except KeyError as e:
+        raise ValueError(f"token {s!r} is not a byte-level BPE token (character {e} has no byte)") from None
+
+
+def _merge_pair(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The two tokens whose merge produced `token`: run tiktoken's BPE over its bytes using only lower ranks."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best, best_rank = -1, rank
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < best_rank:
+                best, best_rank = i, r
+        if best < 0:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
+    return parts[0], parts[1]
+
+
+def build_tokenizer_json(ranks: dict[bytes, int], pattern: str, special_tokens: Sequence[str]) -> dict[str, Any]:
+    """An HF `tokenizer.json` that encodes exactly like tiktoken over `ranks` with `pattern`.
+
+    Merges are recovered from the ranks; `ignore_merges` makes a piece that is itself a token map to it
+    directly, as tiktoken does. Special tokens take the ids after the BPE ranks.
+    """
+    ordered = sorted(ranks.items(), key=lambda kv: kv[1])
+    if [r for _, r in ordered] != list(range(len(ordered))):
+        raise ValueError("ranks must be exactly 0..N-1")
+    if any(bytes([b]) not in ranks for b in range(256)):
+        raise ValueError("all 256 single bytes must be in the vocabulary")
+    merges = [
+        [_token_str(a), _token_str(b)] for tok, r in ordered if len(tok) > 1 for a, b in [_merge_pair(ranks, tok, r)]
+    ]
+    n = len(ordered)
+    added = [
+        {"id": n + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": True}
+        for i, s in enumerate(special_tokens)
+    ]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+            ],
+        },
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [
+                {"SpecialToken": {"id": BOS, "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": BOS, "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
+            "special_tokens": {BOS: {"id": BOS, "ids": [n + special_tokens.index(BOS)], "tokens": [BOS]}},
+        },
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": True,
+            "vocab": {_token_str(tok): r for tok, r in ordered},
+            "merges": merges,
+        },
+    }
+
+
+def parse_tokenizer_json(spec: dict[str, Any]) -> tuple[dict[bytes, int], str, dict[str, int]]:
+    """Recover (ranks, pattern, special tokens) from a byte-level BPE tokenizer.json we can encode exactly."""
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE":
+        raise ValueError(f"tokenizer.json model is {model.get('type')!r}; tokshard encodes byte-level BPE only")
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    splits = [s for s in steps if s.get("type") == "Split"]
+    if len(splits) != 1 or "Regex" not in splits[0].get("pattern", {}):
+        raise ValueError("tokenizer.json must pre-split with exactly one Split(Regex) step followed by ByteLevel")
+    pattern = splits[0]["pattern"]["Regex"]
+    ranks = {_token_from_str(s): i for s, i in model["vocab"].items()}
+    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    return ranks, pattern, specials
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _may_diverge(text: str) -> bool:
+    return _LONG_RUN.search(text) is not None
+
+
+@dataclass
+class Tokenizer:
+    """Encode/decode with a byte-level BPE vocabulary; build with `Tokenizer.load(dir)` or `from_ranks`."""
+
+    ranks: dict[bytes, int]
+    pattern: str
+    special_tokens: dict[str, int]
+    pattern_name: str = "custom"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import riptoken
+        import tiktoken
+
+        self.vocab_size = len(self.ranks) + len(self.special_tokens)
+        expected = set(range(len(self.ranks), self.vocab_size))
+        if set(self.special_tokens.values()) != expected:
+            raise ValueError("special token ids must follow the BPE ranks contiguously")
+        if BOS not in self.special_tokens:
+            raise ValueError(f"the vocabulary has no {BOS} token; tokshard needs it as the document separator")
+        self.bos_id = self.special_tokens[BOS]
+        self._fast = riptoken.CoreBPE(self.ranks, self.special_tokens, self.pattern)
+        self._exact = tiktoken.Encoding(
+            name="tokshard", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
+        )
+        self._id_to_bytes: list[bytes] = [b""] * self.vocab_size
+        for tok, r in self.ranks.items():
+            self._id_to_bytes[r] = tok
+        for s, i in self.special_tokens.items():
+            self._id_to_bytes[i] = s.encode()
+        self.token_bytes = np.array([len(t) for t in self._id_to_bytes], dtype=np.int32)
+        self.token_bytes[list(self.special_tokens.values())] = 0
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+
+    @property
+    def sha256(self) -> str:
+        return self.metadata.get("tokenizer_json_sha256", "")
+
+    # -- encoding ---------------------------------------------------------------------------------------
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Ids of `text` as plain text (special-token strings included), without `<|bos|>`."""
+        if _may_diverge(text):
+            return self._exact.encode_ordinary(text)
+        return self._fast.encode_ordinary(text)
+
+    def encode(self, text: str, bos: bool = True) -> list[int]:
+        ids = self.encode_ordinary(text)
+        return [self.bos_id, *ids] if bos else ids
+
+    def encode_batch(self, texts: Sequence[str], bos: bool = True) -> list[list[int]]:
+        """Encode many texts in one call (riptoken fans out over its thread pool, GIL released)."""
+        texts = list(texts)
+        risky = [i for i, t in enumerate(texts) if _may_diverge(t)]
+        out = self._fast.encode_ordinary_batch(texts)
+        for i in risky:
+            out[i] = self._exact.encode_ordinary(texts[i])
+        if bos:
+            out = [[self.bos_id, *ids] for ids in out]
+        return out
+
+    def encode_to_array(self, texts: Iterable[str], bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts into one flat id array plus int64 row offsets (len = rows + 1), in `self.dtype`."""
+        rows = self.encode_batch(list(texts), bos=bos)
+        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter((i for r in rows for i in r), dtype=self.dtype, count=int(offsets[-1]))
+        return flat, offsets
+
+    # -- decoding ---------------------------------------------------------------------------------------
+    def id_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < self.vocab_size:
+            raise ValueError(f"token id {token_id} is out of range for a vocabulary of {self.vocab_size}")
+        return self._id_to_bytes[token_id]
+
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = False) -> bytes:
+        specials = set(self.special_tokens.values()) if skip_special else set()
+        return b"".join(self.id_bytes(int(i)) for i in ids if int(i) not in specials)
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    # -- persistence ------------------------------------------------------------------------------------
+    @classmethod
+    def from_ranks(
+        cls,
+        ranks: dict[bytes, int],
+        pattern: str,
+        pattern_name: str = "custom",
+        special_tokens: Sequence[str] = SPECIAL_TOKENS,
+        metadata: dict[str, Any] | None = None,
+    ) -> Tokenizer:
+        n = len(ranks)
+        specials = {s: n + i for i, s in enumerate(special_tokens)}
+        return cls(ranks=ranks, pattern=pattern, special_tokens=specials, pattern_name=pattern_name,
+                   metadata=dict(metadata or {}))
+
+    def save(self, directory: str | os.PathLike[str], training: dict[str, Any] | None = None) -> Path:
+        """Write tokenizer.json, token_bytes.npy and tokshard.json (in that order, each atomically)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
+        spec = build_tokenizer_json(self.ranks, self.pattern, specials)
+        atomic.write_bytes(d / TOKENIZER_JSON, json.dumps(spec, ensure_ascii=False).encode())
+        with atomic.atomic_open(d / TOKEN_BYTES_NPY) as f:
+            np.save(f, self.token_bytes)
+        self.metadata = {
+            "format": METADATA_FORMAT,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype.name,
+            "pattern_name": self.pattern_name,
+            "pattern": self.pattern,
+            "special_tokens": self.special_tokens,
+            "bos_id": self.bos_id,
+            "tokenizer_json_sha256": sha256_file(d / TOKENIZER_JSON),
+            "token_bytes": TOKEN_BYTES_NPY,
+            "training": training if training is not None else self.metadata.get("training"),
+        }
+        atomic.write_json(d / METADATA_JSON, self.metadata)
+        return d
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        d = Path(directory)
+        path = d / TOKENIZER_JSON
+        if not path.is_file():
+            raise FileNotFoundError(f"{d} is not a tokenizer directory: {TOKENIZER_JSON} is missing "
+                                    "(make one with `tokshard train-tokenizer`)")
+        meta: dict[str, Any] = {}
+        if (d / METADATA_JSON).is_file():
+            meta = json.loads((d / METADATA_JSON).read_text())
+        digest = sha256_file(path)
+        if meta.get("tokenizer_json_sha256") not in (None, digest):
+            raise ValueError(f"{path} does not match the sha256 recorded in {d / METADATA_JSON}: "
+                             "the file was changed after training; re-train or restore it")
+        ranks, pattern, specials = parse_tokenizer_json(json.loads(path.read_text()))
+        meta["tokenizer_json_sha256"] = digest
+        tok = cls(ranks=ranks, pattern=pattern, special_tokens=specials,
+                  pattern_name=meta.get("pattern_name", "custom"), metadata=meta)
+        if (d / TOKEN_BYTES_NPY).is_file():
+            saved = np.load(d / TOKEN_BYTES_NPY)
+            if not np.array_equal(saved, tok.token_bytes):
+                raise ValueError(f"{d / TOKEN_BYTES_NPY} disagrees with {path}; delete it and re-save the tokenizer")
+        return tok
+
+
+@functools.lru_cache(maxsize=4)
+def load_cached(directory: str, sha256: str) -> Tokenizer:
+    """One Tokenizer per process per tokenizer version (Ray workers reuse it across tasks)."""
+    tok = Tokenizer.load(directory)
+    if sha256 and tok.sha256 != sha256:
+        raise ValueError(f"tokenizer at {directory} has sha256 {tok.sha256}, expected {sha256}")
+    return tok

@@ -193,10 +193,10 @@ def encode_slice(
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
     buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
     for batch in sources.iter_batches(piece, text_column, id_column):
-        encoded = tok.encode_batch(batch.texts, bos=True)
+        encoded = tok.encode_batch(batch.texts, bos=True, utf8=batch.utf8)
+        doc_bytes = np.diff(batch.utf8[1]).tolist()
         n_tokens = n_bytes = 0
-        for i, (doc_id, text, ids) in enumerate(zip(batch.ids, batch.texts, encoded, strict=True)):
-            nbytes = len(text.encode("utf-8", "surrogatepass"))
+        for i, (doc_id, nbytes, ids) in enumerate(zip(batch.ids, doc_bytes, encoded, strict=True)):
             split = "val" if sources.is_validation(doc_id, val_fraction) else "train"
             buffers[split].add(doc_id, ids, tok.dtype, batch.first_row + i, nbytes)
             n_tokens += len(ids)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -133,11 +134,26 @@ def plan_slices(
 
 @dataclass
 class Batch:
-    """The documents of one row group: ids, texts and their file-level row numbers start at `first_row`."""
+    """The documents of one row group: ids, texts and their file-level row numbers start at `first_row`.
+
+    `utf8` is the texts' UTF-8 bytes back to back and their offsets, zero-copy from the Arrow column.
+    """
 
     ids: list[str]
     texts: list[str]
     first_row: int
+    utf8: tuple[np.ndarray, np.ndarray]
+
+
+def _utf8_view(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64)
+    _, offsets_buf, data_buf = arr.buffers()
+    offset_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=offset_type)[arr.offset : arr.offset + len(arr) + 1].astype(np.int64)
+    data = np.frombuffer(data_buf, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return data, offsets - offsets[0]
 
 
 def iter_batches(
@@ -168,7 +184,7 @@ def iter_batches(
                    for i, x in enumerate(table.column(id_column).to_pylist())]
         else:
             ids = [f"{name}#{row + i}" for i in range(len(texts))]
-        yield Batch(ids=ids, texts=texts, first_row=row)
+        yield Batch(ids=ids, texts=texts, first_row=row, utf8=_utf8_view(table.column(text_column)))
         row += len(texts)
 
 

@@ -2,9 +2,9 @@
 
 `tokenizer.json` is the single source of truth: it is what we save, what any HF-compatible tool loads, and what
 our encoder is built from (vocabulary ids are tiktoken ranks). Encoding runs in riptoken (a Rust tiktoken
-reimplementation, the fastest exact engine we measured); riptoken is known to diverge from tiktoken/HF on very
-long pre-split pieces, so documents that could contain such a piece are encoded by tiktoken instead
-(see `_may_diverge`). Special-token text inside a document is always encoded as plain text.
+reimplementation, ~2x tiktoken); the few documents that could hold a pre-split piece long enough for riptoken to
+stop being exact are found by a cheap vectorised byte scan and encoded by tiktoken instead (see `exact_needed`);
+custom patterns always use tiktoken. Special-token text inside a document is always encoded as plain text.
 
 A tokenizer directory holds:
     tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
@@ -18,7 +18,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +31,6 @@ from pipeline import atomic
 PATTERNS: dict[str, str] = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
     "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
-    # GPT-4's pattern with digits grouped by 1-2 instead of 1-3 (nanochat's finding at 32k vocab).
-    "cl100k-d2": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
     "o200k": "|".join(
         [
             r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -46,6 +43,9 @@ PATTERNS: dict[str, str] = {
         ]
     ),
 }
+
+# GPT-4's pattern with digits grouped by 1-2 instead of 1-3 (nanochat's finding at 32k vocabulary).
+PATTERNS["cl100k-d2"] = PATTERNS["cl100k"].replace(r"\p{N}{1,3}", r"\p{N}{1,2}")
 PATTERN_ALIASES = {"gpt4": "cl100k", "gpt4o": "o200k"}
 DEFAULT_PATTERN = "cl100k-d2"
 DEFAULT_VOCAB_SIZE = 32768
@@ -58,11 +58,34 @@ METADATA_JSON = "tokshard.json"
 TOKEN_BYTES_NPY = "token_bytes.npy"
 METADATA_FORMAT = "tokshard-tokenizer/1"
 
-# riptoken may give different ids than tiktoken/HF once a single pre-split piece is long (it is exact on
-# short ones). A piece never spans a whitespace/non-whitespace boundary by more than one character, so a
-# document without a run of LONG_RUN_CHARS same-class characters cannot contain a piece that long.
-LONG_RUN_CHARS = 64
-_LONG_RUN = re.compile(rf"\S{{{LONG_RUN_CHARS},}}|\s{{{LONG_RUN_CHARS},}}")
+# riptoken gives ids identical to tiktoken/HF on pre-split pieces shorter than 500 UTF-8 bytes and may differ on
+# longer ones (it switches merge algorithm and breaks ties between equal ranks differently; measured in
+# docs/benchmarks.md). For the presets above a piece is at most one character plus one run of whitespace-class
+# characters and one run of non-whitespace-class characters, so a piece of >= RIPTOKEN_EXACT_BELOW bytes needs a
+# same-class byte run of >= 2 * GUARD_BLOCK - 1 bytes; such a run always contains a whole GUARD_BLOCK-aligned
+# block of one class, so every piece of >= 4 * GUARD_BLOCK + 2 = 386 bytes is caught (a 23% margin below 500).
+RIPTOKEN_EXACT_BELOW = 500
+GUARD_BLOCK = 96
+_WS_ASCII = b"\t\n\x0b\x0c\r "
+
+
+def _guard_table(extra_ws: bytes = b"") -> np.ndarray:
+    """Byte classes as bits: 1 = may belong to a whitespace run, 2 = may belong to a non-whitespace run.
+
+    Non-ASCII bytes and the ASCII separators \\x1c-\\x1f may be either (Unicode and Python disagree about
+    them), so classifying bytes never splits a real same-class run: the guard can only over-report.
+    """
+    table = np.full(256, 2, dtype=np.uint8)
+    for b in _WS_ASCII:
+        table[b] = 1
+    for b in [*range(0x1C, 0x20), *range(0x80, 0x100), *extra_ws]:
+        table[b] = 3
+    return table
+
+
+# o200k's punctuation alternative may end in a run mixing newlines and "/": count "/" as both classes there.
+_GUARD_TABLES = {"gpt2": _guard_table(), "cl100k": _guard_table(), "cl100k-d2": _guard_table(),
+                 "o200k": _guard_table(b"/")}
 
 
 def resolve_pattern(name_or_regex: str) -> tuple[str, str]:
@@ -97,8 +120,13 @@ def _token_str(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
+@functools.cache
+def _unicode_to_byte() -> dict[str, int]:
+    return {c: b for b, c in _byte_to_unicode().items()}
+
+
 def _token_from_str(s: str) -> bytes:
-    inverse = {c: b for b, c in _byte_to_unicode().items()}
+    inverse = _unicode_to_byte()
     try:
         return bytes(inverse[c] for c in s)
     except KeyError as e:
@@ -206,8 +234,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def _may_diverge(text: str) -> bool:
-    return _LONG_RUN.search(text) is not None
+def utf8_buffer(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of `texts` back to back (uint8) and their int64 offsets (len n+1)."""
+    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(e) for e in encoded], out=offsets[1:])
+    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
 @dataclass
@@ -231,10 +263,14 @@ class Tokenizer:
         if BOS not in self.special_tokens:
             raise ValueError(f"the vocabulary has no {BOS} token; tokshard needs it as the document separator")
         self.bos_id = self.special_tokens[BOS]
-        self._fast = riptoken.CoreBPE(self.ranks, self.special_tokens, self.pattern)
+        # Both engines share the vocabulary (ids are tiktoken ranks). riptoken only where it is provably exact.
         self._exact = tiktoken.Encoding(
             name="tokshard", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
         )
+        preset = next((name for name, regex in PATTERNS.items() if regex == self.pattern), None)
+        self._guard = _GUARD_TABLES.get(preset) if preset else None
+        self.engine = "riptoken" if self._guard is not None else "tiktoken"
+        self._fast = None if self._guard is None else riptoken.CoreBPE(self.ranks, self.special_tokens, self.pattern)
         self._id_to_bytes: list[bytes] = [b""] * self.vocab_size
         for tok, r in self.ranks.items():
             self._id_to_bytes[r] = tok
@@ -252,23 +288,49 @@ class Tokenizer:
         return self.metadata.get("tokenizer_json_sha256", "")
 
     # -- encoding ---------------------------------------------------------------------------------------
+    def exact_needed(self, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Which documents riptoken might encode differently: bool per document.
+
+        `data` is the uint8 UTF-8 of all documents back to back, `offsets` their int64 boundaries (len n+1).
+        One table lookup and one block-wise AND over the bytes; no per-character Python.
+        """
+        n_docs = len(offsets) - 1
+        if self._guard is None:
+            return np.ones(n_docs, dtype=bool)
+        flagged = np.zeros(n_docs, dtype=bool)
+        full = len(data) // GUARD_BLOCK * GUARD_BLOCK
+        if full == 0:
+            return flagged
+        classes = self._guard[data[:full]].reshape(-1, GUARD_BLOCK)
+        hot = np.flatnonzero(np.bitwise_and.reduce(classes, axis=1))
+        if len(hot):
+            first = np.searchsorted(offsets, hot * GUARD_BLOCK, side="right") - 1
+            last = np.searchsorted(offsets, (hot + 1) * GUARD_BLOCK - 1, side="right") - 1
+            for a, b in zip(first, last, strict=True):
+                flagged[a : b + 1] = True
+        return flagged
+
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` as plain text (special-token strings included), without `<|bos|>`."""
-        if _may_diverge(text):
-            return self._exact.encode_ordinary(text)
-        return self._fast.encode_ordinary(text)
+        return self.encode_batch([text], bos=False)[0]
 
     def encode(self, text: str, bos: bool = True) -> list[int]:
-        ids = self.encode_ordinary(text)
-        return [self.bos_id, *ids] if bos else ids
+        return self.encode_batch([text], bos=bos)[0]
 
-    def encode_batch(self, texts: Sequence[str], bos: bool = True) -> list[list[int]]:
-        """Encode many texts in one call (riptoken fans out over its thread pool, GIL released)."""
+    def encode_batch(self, texts: Sequence[str], bos: bool = True, utf8: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> list[list[int]]:
+        """Encode many texts in one call; riptoken fans out over its thread pool with the GIL released
+        (Ray tasks pin it to one thread). `utf8` = (bytes, offsets) of the texts when the caller has them
+        (an Arrow string column does), to skip re-encoding them for the guard."""
         texts = list(texts)
-        risky = [i for i, t in enumerate(texts) if _may_diverge(t)]
-        out = self._fast.encode_ordinary_batch(texts)
-        for i in risky:
-            out[i] = self._exact.encode_ordinary(texts[i])
+        if self._fast is None:
+            out = [self._exact.encode_ordinary(t) for t in texts]
+        else:
+            if utf8 is None:
+                utf8 = utf8_buffer(texts)
+            out = self._fast.encode_ordinary_batch(texts)
+            for i in np.flatnonzero(self.exact_needed(*utf8)):
+                out[i] = self._exact.encode_ordinary(texts[i])
         if bos:
             out = [[self.bos_id, *ids] for ids in out]
         return out

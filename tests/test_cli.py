@@ -1,0 +1,67 @@
+"""The `tokshard` command as a user runs it: a separate process that starts and stops its own Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def tokshard(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tokshard {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_out(corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "out"
+    proc = tokshard("run", "--source", str(corpus_dir / "*.parquet"), "--out", str(out), "--vocab-size", "1024",
+                    "--workers", "2", "--json", "--no-progress")
+    return out, json.loads(proc.stdout)
+
+
+def test_run_prints_summary_and_writes_everything(run_out):
+    out, summary = run_out
+    assert summary["complete"] is True
+    assert summary["documents"] == 606 and summary["tokens"] > summary["documents"]
+    assert 1.5 < summary["bytes_per_token"] < 6
+    assert summary["tokenizer"]["vocab_size"] == 1024
+    assert (out / "manifest.json").is_file() and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert list((out / "train").glob("*.arrow"))
+
+
+def test_inspect_verifies_and_detects_corruption(run_out):
+    out, summary = run_out
+    ok = tokshard("inspect", str(out), "--json")
+    report = json.loads(ok.stdout)
+    assert report["problems"] == [] and report["totals"]["all"]["tokens"] == summary["tokens"]
+    human = tokshard("inspect", str(out / "tokenizer")).stdout
+    assert "vocab 1,024" in human and "verified" in human
+
+    shard = sorted((out / "train").glob("*.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    bad = tokshard("inspect", str(out), check=False)
+    assert bad.returncode == 1 and shard.name in bad.stdout and "sha256" in bad.stdout
+
+
+def test_human_summary_of_run(corpus_dir, tmp_path):
+    proc = tokshard("run", "--source", str(corpus_dir / "part-00.parquet"), "--out", str(tmp_path / "o"),
+                    "--vocab-size", "600", "--no-progress")
+    assert "encoded 256 documents" in proc.stdout and "bytes/token" in proc.stdout and "tokens/s" in proc.stdout
+
+
+def test_usage_errors_name_the_problem(tmp_path):
+    proc = tokshard("encode", "--source", str(tmp_path / "nope.parquet"), "--tokenizer", str(tmp_path),
+                    "--out", str(tmp_path / "o"), check=False)
+    assert proc.returncode == 2 and "tokenizer.json is missing" in proc.stderr
+    proc = tokshard("inspect", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "neither" in proc.stderr

@@ -1,0 +1,131 @@
+"""The Ray jobs on a real local Ray instance over real parquet: every document exactly once, exact ids."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import jobs, sources
+from pipeline.manifest import Manifest
+from pipeline.shards import ShardReader
+from pipeline.tokenizer import Tokenizer
+from tests.test_tokenizer import reference
+
+
+@pytest.fixture(scope="module")
+def encoded(corpus_dir, small_tokenizer_dir, tmp_path_factory, ray_cluster):
+    out = tmp_path_factory.mktemp("encoded") / "out"
+    result = jobs.encode(str(corpus_dir), small_tokenizer_dir, out, val_fraction=0.1, slice_bytes=100_000,
+                         show_progress=False)
+    return result, out
+
+
+def _source_docs(corpus_dir) -> dict[str, str]:
+    docs = {}
+    for f in sorted(corpus_dir.glob("*.parquet")):
+        t = pq.read_table(f)
+        docs.update(zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True))
+    return docs
+
+
+def _shard_rows(out):
+    manifest = Manifest.read(out)
+    for rec in manifest.shards:
+        with ShardReader(out / rec["path"]) as r:
+            for i, doc_id in enumerate(r.ids):
+                yield rec, doc_id, np.array(r.row(i))
+
+
+def test_every_document_exactly_once_with_exact_ids(encoded, corpus_dir, small_tokenizer_dir):
+    result, out = encoded
+    assert result.complete and result.errors == []
+    docs = _source_docs(corpus_dir)
+    seen = Counter()
+    hf = reference(small_tokenizer_dir)
+    tok = Tokenizer.load(out / "tokenizer")
+    splits = set()
+    for rec, doc_id, row in _shard_rows(out):
+        seen[doc_id] += 1
+        splits.add(rec["split"])
+        text = docs[doc_id]
+        assert row.tolist() == hf.encode(text).ids, f"{doc_id} in {rec['path']}"
+        assert row[0] == tok.bos_id
+        assert tok.decode(row[1:]) == text
+    assert seen == Counter(docs.keys())
+    assert splits == {"train", "val"}
+
+
+def test_validation_split_is_chosen_by_document_id(encoded):
+    result, out = encoded
+    for rec, doc_id, _ in _shard_rows(out):
+        assert (rec["split"] == "val") == sources.is_validation(doc_id, 0.1)
+    totals = result.manifest.totals()
+    assert 0.03 < totals["val"]["documents"] / totals["all"]["documents"] < 0.2
+
+
+def test_manifest_records_every_shard(encoded, corpus_dir):
+    _result, out = encoded
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is True
+    assert manifest["tokenizer"]["sha256"] == Tokenizer.load(out / "tokenizer").sha256
+    slices = sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=100_000)
+    assert len(slices) > 3  # several slices per file: one file spreads over several tasks
+    assert {r["slice"] for r in manifest["shards"] if r["split"] == "train"} == {s.index for s in slices}
+    for rec in manifest["shards"]:
+        assert rec["source"].endswith(".parquet") and rec["rows"][0] < rec["rows"][1]
+        assert rec["documents"] > 0 and rec["tokens"] > rec["documents"] and rec["sha256"]
+        assert rec["worker"] and rec["tokens_per_s"] > 0
+    t = manifest["totals"]
+    assert t["all"]["documents"] == t["train"]["documents"] + t["val"]["documents"] == len(_source_docs(corpus_dir))
+    text_bytes = sum(len(x.encode()) for x in _source_docs(corpus_dir).values())
+    assert t["all"]["text_bytes"] == text_bytes
+    assert Manifest.read(out).verify(out) == []
+
+
+def test_output_identical_whatever_the_worker_count(encoded, corpus_dir, small_tokenizer_dir, tmp_path):
+    _, out = encoded
+    jobs.encode(str(corpus_dir), small_tokenizer_dir, tmp_path, workers=1, val_fraction=0.1, slice_bytes=100_000,
+                show_progress=False)
+    a, b = Manifest.read(out).shards, Manifest.read(tmp_path).shards
+    assert [(r["path"], r["sha256"]) for r in a] == [(r["path"], r["sha256"]) for r in b]
+
+
+def test_bad_file_is_reported_and_others_complete(corpus_dir, small_tokenizer_dir, tmp_path, ray_cluster):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus_dir, src)
+    t = pq.read_table(src / "part-01.parquet")
+    texts = t.column("text").to_pylist()
+    texts[120] = None
+    pq.write_table(t.set_column(0, "text", __import__("pyarrow").array(texts)), src / "part-01.parquet",
+                   row_group_size=50)
+    result = jobs.encode(str(src), small_tokenizer_dir, tmp_path / "out", val_fraction=0.1, slice_bytes=100_000,
+                         show_progress=False)
+    assert not result.complete
+    assert any("part-01.parquet" in e and "row 120" in e for e in result.errors), result.errors
+    done_sources = {r["source"] for r in result.manifest.shards}
+    assert str(src / "part-00.parquet") in done_sources and str(src / "part-02.parquet") in done_sources
+    assert result.manifest.data["complete"] is False
+
+
+def test_other_tokenizer_outdir_is_refused(encoded, tmp_path, ray_cluster):
+    _, out = encoded
+    other = jobs.train_tokenizer(None, tmp_path / "tok2", vocab_size=1024, sample_bytes=300_000)
+    with pytest.raises(ValueError, match="another --out"):
+        jobs.encode(None, other.tokenizer_dir, out, show_progress=False)
+
+
+def test_uint32_shards_for_large_vocabularies(tmp_path, ray_cluster):
+    trained = jobs.train_tokenizer(None, tmp_path / "tok", vocab_size=66_000, sample_bytes=50_000_000,
+                                   pattern="gpt2")
+    assert trained.vocab_size == 66_000
+    result = jobs.encode(None, trained.tokenizer_dir, tmp_path / "out", show_progress=False)
+    assert result.manifest.tokenizer["dtype"] == "uint32"
+    rec = result.manifest.shards[0]
+    with ShardReader(tmp_path / "out" / rec["path"]) as r:
+        assert r.dtype == np.uint32 and int(r.tokens.max()) > 65535

@@ -1,0 +1,87 @@
+"""Resolving SRC, planning row-group slices, streaming documents, and the split/sample hash."""
+
+from __future__ import annotations
+
+import itertools
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import sources
+from tests.conftest import write_parquet
+
+
+def test_bundled_sample_is_real_fineweb_shaped_text():
+    pf = pq.ParquetFile(sources.bundled_sample())
+    names = pf.schema_arrow.names
+    for col in ("text", "id", "dump", "url", "file_path", "language", "language_score", "token_count", "score",
+                "int_score"):
+        assert col in names
+    table = pf.read(columns=["text", "id"])
+    texts = table.column("text").to_pylist()
+    assert sum(len(t.encode()) for t in texts) > 2_000_000
+    assert len(set(table.column("id").to_pylist())) == table.num_rows
+
+
+def test_resolve_file_dir_glob_and_default(corpus_dir):
+    files = sorted(str(p) for p in corpus_dir.glob("*.parquet"))
+    assert sources.resolve_files(str(corpus_dir)) == files
+    assert sources.resolve_files(str(corpus_dir / "part-0[01].parquet")) == files[:2]
+    assert sources.resolve_files(files[1]) == files[1:2]
+    assert sources.resolve_files(None) == [sources.bundled_sample()]
+    assert sources.resolve_files(f"file://{corpus_dir}/*.parquet") == [f"file://{f}" for f in files]
+
+
+@pytest.mark.parametrize("bad", ["/nonexistent/x.parquet", "/nonexistent/*.parquet"])
+def test_missing_source_is_a_clear_error(bad):
+    with pytest.raises(sources.SourceError, match="does not exist|no .parquet"):
+        sources.resolve_files(bad)
+
+
+def test_slices_cover_every_row_group_once(tmp_path):
+    path = write_parquet(tmp_path / "a.parquet", [f"document {i} " * 50 for i in range(1000)], row_group_size=100)
+    slices = sources.plan_slices([str(path)], slice_bytes=60_000)
+    assert len(slices) > 2
+    assert [s.index for s in slices] == list(range(len(slices)))
+    assert slices[0].rg_start == 0 and slices[-1].rg_end == 10 and slices[-1].row_end == 1000
+    for a, b in itertools.pairwise(slices):
+        assert a.rg_end == b.rg_start and a.row_end == b.row_start
+    rows = [(b.first_row, len(b.texts)) for s in slices for b in sources.iter_batches(s)]
+    assert sum(n for _, n in rows) == 1000 and rows[0][0] == 0
+
+
+def test_missing_text_column_names_file_and_columns(tmp_path):
+    path = tmp_path / "x.parquet"
+    pq.write_table(pa.table({"content": ["a"]}), path)
+    with pytest.raises(sources.SourceError, match=r"x\.parquet: no column 'text' \(columns: content\)"):
+        sources.plan_slices([str(path)])
+
+
+def test_ids_fall_back_to_file_and_row(tmp_path):
+    path = tmp_path / "noid.parquet"
+    pq.write_table(pa.table({"text": ["a", "b", "c"]}), path)
+    (s,) = sources.plan_slices([str(path)])
+    assert next(sources.iter_batches(s)).ids == ["noid.parquet#0", "noid.parquet#1", "noid.parquet#2"]
+
+
+def test_null_text_names_file_and_row(tmp_path):
+    path = write_parquet(tmp_path / "n.parquet", ["a", "b", None, "d"], row_group_size=2)  # type: ignore[list-item]
+    (s,) = sources.plan_slices([str(path)])
+    with pytest.raises(sources.SourceError, match=r"n\.parquet: row 2 has a null 'text'"):
+        list(sources.iter_batches(s))
+
+
+def test_corrupt_parquet_is_a_clear_error(tmp_path):
+    path = tmp_path / "bad.parquet"
+    path.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(sources.SourceError, match="bad.parquet: not a readable parquet file"):
+        sources.plan_slices([str(path)])
+
+
+def test_split_hash_is_stable_and_roughly_uniform():
+    ids = [f"<urn:uuid:{i}>" for i in range(20000)]
+    frac = sum(sources.is_validation(i, 0.05) for i in ids) / len(ids)
+    assert 0.04 < frac < 0.06
+    assert sources.id_fraction("abc") == sources.id_fraction("abc") != sources.id_fraction("abd")
+    assert not sources.is_validation("anything", 0.0)

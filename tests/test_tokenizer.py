@@ -1,0 +1,163 @@
+"""Our encoder must give exactly tokenizer.json's ids (HF tokenizers is the reference) and round-trip any text."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rustbpe
+import tokenizers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.tokenizer import (
+    BOS,
+    MAX_RUN,
+    PATTERNS,
+    SPECIAL_TOKENS,
+    Tokenizer,
+    build_tokenizer_json,
+    resolve_pattern,
+)
+from tests.conftest import SHARED_CORPUS, sample_texts
+
+
+def reference(tok_dir) -> tokenizers.Tokenizer:
+    """tokenizer.json as HF loads it; special-token text in documents is plain text, as in tokshard."""
+    hf = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    hf.encode_special_tokens = True
+    return hf
+
+
+def train(texts: list[str], vocab: int, pattern_name: str) -> Tokenizer:
+    _, regex = resolve_pattern(pattern_name)
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(iter(texts), vocab_size=vocab - len(SPECIAL_TOKENS), pattern=regex)
+    return Tokenizer.from_ranks(dict(bpe.get_mergeable_ranks()), regex, pattern_name)
+
+
+@pytest.fixture(scope="module", params=sorted(PATTERNS))
+def pattern_tokenizer(request, tmp_path_factory):
+    tok = train(sample_texts(1500), 3000, request.param)
+    d = tmp_path_factory.mktemp(f"tok-{request.param}")
+    tok.save(d)
+    return Tokenizer.load(d), reference(d)
+
+
+def test_every_pattern_matches_tokenizer_json_on_real_text(pattern_tokenizer):
+    tok, hf = pattern_tokenizer
+    texts = sample_texts()[1500:2500]
+    ours = tok.encode_batch(texts)
+    theirs = [e.ids for e in hf.encode_batch(texts)]
+    mismatches = [i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b]
+    assert not mismatches, f"{len(mismatches)} documents differ, first: {texts[mismatches[0]][:200]!r}"
+
+
+def test_real_corpus_identity_at_32k(tmp_path):
+    """32k vocabulary trained on real text; every document of a 15 MB corpus file encodes like tokenizer.json."""
+    if SHARED_CORPUS.is_dir():
+        texts = pq.read_table(SHARED_CORPUS / "train-00000.parquet", columns=["text"]).column("text").to_pylist()
+        train_texts = pq.read_table(SHARED_CORPUS / "train-00001.parquet", columns=["text"]).column("text")
+        tok = train(train_texts.to_pylist()[:8000], 32768, "cl100k-d2")
+    else:
+        texts = sample_texts()
+        tok = train(texts, 8192, "cl100k-d2")
+    tok.save(tmp_path)
+    hf = reference(tmp_path)
+    ours = tok.encode_batch(texts, bos=True)
+    theirs = [e.ids for e in hf.encode_batch(texts)]
+    assert sum(a != b for a, b in zip(ours, theirs, strict=True)) == 0
+    assert sum(len(x) for x in ours) > 100_000
+
+
+unicode_text = st.text(
+    alphabet=st.characters(blacklist_categories=["Cs"]),  # lone surrogates cannot be UTF-8; their neighbours can
+    max_size=300,
+)
+edge_chars = st.sampled_from(
+    ["\ud7ff", "\ue000", "\uffff", "\U00010000", "\U0010ffff", "😀", "👩‍👩‍👧", "中", "語", "\x00", "\x1f", "\r", "\n",
+     "\t", " ", "\u00a0", "\u2028", "é", "e\u0301", "'", "1", "-", "a", "<|bos|>", "ſ", "İ"]
+)
+mixed_text = st.lists(st.one_of(edge_chars, unicode_text), max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(unicode_text, mixed_text))
+def test_arbitrary_unicode_matches_reference_and_round_trips(pattern_tokenizer, text):
+    tok, hf = pattern_tokenizer
+    ids = tok.encode(text)
+    assert ids == hf.encode(text).ids
+    assert tok.decode(ids[1:]) == text
+    assert tok.decode_bytes(ids[1:]) == text.encode()
+
+
+@settings(max_examples=60, deadline=None)
+@given(char=st.one_of(st.sampled_from([" ", "-", "a", "=", "0", "\n", "é", "中", "😀", "ab", "\r\n", " a"]),
+                      st.characters(blacklist_categories=["Cs"])),
+       n=st.sampled_from([MAX_RUN - 1, MAX_RUN, MAX_RUN + 1, 200, 499, 500, 501, 701, 1000, 3000]))
+def test_long_runs_of_one_character(pattern_tokenizer, char, n):
+    tok, hf = pattern_tokenizer
+    text = f"x {char * n} y"
+    ids = tok.encode(text)
+    assert ids == hf.encode(text).ids
+    assert tok.decode(ids[1:]) == text
+    assert tok.encode_batch([text, "ok"])[0] == ids
+
+
+def test_special_token_text_is_plain_text(small_tokenizer):
+    ids = small_tokenizer.encode("a <|bos|> b <|pad|>", bos=False)
+    assert small_tokenizer.bos_id not in ids
+    assert small_tokenizer.special_tokens["<|pad|>"] not in ids
+    assert small_tokenizer.decode(ids) == "a <|bos|> b <|pad|>"
+
+
+def test_directory_contents_and_token_bytes(small_tokenizer_dir, small_tokenizer):
+    meta = json.loads((small_tokenizer_dir / "tokshard.json").read_text())
+    assert meta["vocab_size"] == small_tokenizer.vocab_size == 2048
+    assert meta["special_tokens"][BOS] == small_tokenizer.bos_id
+    assert meta["pattern_name"] == "cl100k-d2"
+    assert meta["training"]["sample_documents"] > 100 and meta["training"]["sample_bytes"] > 100_000
+    tb = np.load(small_tokenizer_dir / "token_bytes.npy")
+    assert tb.shape == (2048,)
+    for i in range(2048):
+        expect = 0 if i in small_tokenizer.special_tokens.values() else len(small_tokenizer.id_bytes(i))
+        assert tb[i] == expect
+    assert all(tb[i] == 1 for i in range(256))  # the 256 byte tokens are always there
+    assert {small_tokenizer.id_bytes(i) for i in range(256)} == {bytes([b]) for b in range(256)}
+
+
+def test_changed_tokenizer_json_is_refused(small_tokenizer_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "tok"
+    shutil.copytree(small_tokenizer_dir, d)
+    spec = json.loads((d / "tokenizer.json").read_text())
+    spec["model"]["merges"] = spec["model"]["merges"][:-1]
+    (d / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="sha256"):
+        Tokenizer.load(d)
+
+
+def test_uint32_when_vocabulary_exceeds_uint16(tmp_path):
+    # 66,000 ids cannot be uint16; train on enough real text to reach that many merges.
+    texts = sample_texts()
+    tok = train(texts, 66_000, "gpt2")
+    assert tok.vocab_size == 66_000, "the bundled sample should support a 66k vocabulary"
+    assert tok.dtype == np.uint32
+    tok.save(tmp_path)
+    hf = reference(tmp_path)
+    some = texts[:200]
+    assert tok.encode_batch(some) == [e.ids for e in hf.encode_batch(some)]
+    assert max(max(ids) for ids in tok.encode_batch(texts[:2000])) > 65535
+
+
+def test_build_rejects_vocabulary_without_all_bytes():
+    with pytest.raises(ValueError, match="256 single bytes"):
+        build_tokenizer_json({b"a": 0, b"b": 1}, PATTERNS["gpt2"], SPECIAL_TOKENS)
+
+
+def test_out_of_range_id_is_a_clear_error(small_tokenizer):
+    with pytest.raises(ValueError, match="out of range"):
+        small_tokenizer.decode([small_tokenizer.vocab_size])

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import regex
 import rustbpe
 import tokenizers
 from hypothesis import given, settings
@@ -14,12 +15,14 @@ from hypothesis import strategies as st
 
 from pipeline.tokenizer import (
     BOS,
-    MAX_RUN,
+    GUARD_BLOCK,
     PATTERNS,
+    RIPTOKEN_EXACT_BELOW,
     SPECIAL_TOKENS,
     Tokenizer,
     build_tokenizer_json,
     resolve_pattern,
+    utf8_buffer,
 )
 from tests.conftest import SHARED_CORPUS, sample_texts
 
@@ -96,7 +99,7 @@ def test_arbitrary_unicode_matches_reference_and_round_trips(pattern_tokenizer, 
 @settings(max_examples=60, deadline=None)
 @given(char=st.one_of(st.sampled_from([" ", "-", "a", "=", "0", "\n", "é", "中", "😀", "ab", "\r\n", " a"]),
                       st.characters(blacklist_categories=["Cs"])),
-       n=st.sampled_from([MAX_RUN - 1, MAX_RUN, MAX_RUN + 1, 200, 499, 500, 501, 701, 1000, 3000]))
+       n=st.sampled_from([2 * GUARD_BLOCK - 2, 2 * GUARD_BLOCK - 1, 200, 499, 500, 501, 701, 1000, 3000]))
 def test_long_runs_of_one_character(pattern_tokenizer, char, n):
     tok, hf = pattern_tokenizer
     text = f"x {char * n} y"
@@ -104,6 +107,39 @@ def test_long_runs_of_one_character(pattern_tokenizer, char, n):
     assert ids == hf.encode(text).ids
     assert tok.decode(ids[1:]) == text
     assert tok.encode_batch([text, "ok"])[0] == ids
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(st.one_of(mixed_text, st.builds(lambda c, n: c * n, edge_chars, st.integers(1, 400))),
+                      max_size=8))
+def test_guard_flags_every_document_with_a_long_piece(pattern_tokenizer, parts):
+    """Soundness of the riptoken guard: any pre-split piece of >= 4 * GUARD_BLOCK + 2 bytes is flagged."""
+    tok, _ = pattern_tokenizer
+    text = "".join(parts)
+    if tok.engine != "riptoken":
+        return
+    longest = max((len(p.encode()) for p in regex.findall(tok.pattern, text)), default=0)
+    flagged = bool(tok.exact_needed(*utf8_buffer([text]))[0])
+    if longest >= 4 * GUARD_BLOCK + 2:
+        assert flagged, f"a {longest}-byte piece was not flagged"
+    assert 4 * GUARD_BLOCK + 2 < RIPTOKEN_EXACT_BELOW
+
+
+def test_riptoken_divergence_is_still_where_we_measured_it(pattern_tokenizer):
+    """Canary for the guard's premise: riptoken is exact below 500-byte pieces and not always above."""
+    tok, _ = pattern_tokenizer
+    if tok.engine != "riptoken":
+        return
+    for n in (RIPTOKEN_EXACT_BELOW - 100, RIPTOKEN_EXACT_BELOW - 1):
+        for c in " -a=\n":
+            assert tok._fast.encode_ordinary(c * n) == tok._exact.encode_ordinary(c * n)
+
+
+def test_engine_choice(pattern_tokenizer):
+    tok, _ = pattern_tokenizer
+    assert tok.engine == "riptoken"  # every preset has a sound guard
+    custom = Tokenizer.from_ranks(tok.ranks, r"\s+|\S+")
+    assert custom.engine == "tiktoken" and custom.exact_needed(*utf8_buffer(["a", "b"])).all()
 
 
 def test_special_token_text_is_plain_text(small_tokenizer):

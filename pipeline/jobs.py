@@ -164,18 +164,18 @@ def train_tokenizer(
 # -- encoding ---------------------------------------------------------------------------------------------
 @dataclass
 class _SplitBuffer:
+    """The encoded rows of one split of one slice, kept as numpy pieces until the shard is written."""
+
     ids: list[str] = field(default_factory=list)
-    arrays: list[np.ndarray] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)
+    tokens: list[np.ndarray] = field(default_factory=list)
+    lengths: list[np.ndarray] = field(default_factory=list)
     text_bytes: int = 0
 
-    def add(self, doc_id: str, ids: list[int], dtype: np.dtype, row: int, nbytes: int) -> None:
-        self.ids.append(doc_id)
-        self.arrays.append(np.array(ids, dtype=dtype))
-        self.lengths.append(len(ids))
-        self.rows.append(row)
-        self.text_bytes += nbytes
+    def add(self, ids: list[str], tokens: np.ndarray, lengths: np.ndarray, text_bytes: int) -> None:
+        self.ids.extend(ids)
+        self.tokens.append(tokens)
+        self.lengths.append(lengths)
+        self.text_bytes += text_bytes
 
 
 def encode_slice(
@@ -193,24 +193,27 @@ def encode_slice(
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
     buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
     for batch in sources.iter_batches(piece, text_column, id_column):
-        encoded = tok.encode_batch(batch.texts, bos=True, utf8=batch.utf8)
-        doc_bytes = np.diff(batch.utf8[1]).tolist()
-        n_tokens = n_bytes = 0
-        for i, (doc_id, nbytes, ids) in enumerate(zip(batch.ids, doc_bytes, encoded, strict=True)):
-            split = "val" if sources.is_validation(doc_id, val_fraction) else "train"
-            buffers[split].add(doc_id, ids, tok.dtype, batch.first_row + i, nbytes)
-            n_tokens += len(ids)
-            n_bytes += nbytes
+        flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
+        lengths = np.diff(offsets)
+        doc_bytes = np.diff(batch.utf8[1])
+        is_val = np.fromiter((sources.is_validation(i, val_fraction) for i in batch.ids), dtype=bool,
+                             count=len(batch.ids))
+        token_is_val = np.repeat(is_val, lengths)
+        for split, rows, toks in (("train", ~is_val, ~token_is_val), ("val", is_val, token_is_val)):
+            if rows.any():
+                buffers[split].add([d for d, keep in zip(batch.ids, rows, strict=True) if keep], flat[toks],
+                                   lengths[rows], int(doc_bytes[rows].sum()))
         if progress is not None:
-            progress.add.remote(len(batch.texts), n_tokens, n_bytes)
+            progress.add.remote(len(batch.texts), len(flat), int(doc_bytes.sum()))
     records = []
     for split, buf in buffers.items():
         if not buf.ids:
             continue
-        offsets = np.zeros(len(buf.lengths) + 1, dtype=np.int64)
-        np.cumsum(buf.lengths, out=offsets[1:])
+        lengths = np.concatenate(buf.lengths)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         rel = f"{split}/shard-{piece.index:06d}{SUFFIX}"
-        written = write_shard(Path(out_dir) / rel, buf.ids, np.concatenate(buf.arrays), offsets,
+        written = write_shard(Path(out_dir) / rel, buf.ids, np.concatenate(buf.tokens), offsets,
                               tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
         seconds = time.time() - t0
         records.append(ShardRecord(

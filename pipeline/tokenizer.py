@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -326,22 +327,35 @@ class Tokenizer:
         if self._fast is None:
             out = [self._exact.encode_ordinary(t) for t in texts]
         else:
-            if utf8 is None:
-                utf8 = utf8_buffer(texts)
-            out = self._fast.encode_ordinary_batch(texts)
-            for i in np.flatnonzero(self.exact_needed(*utf8)):
+            exact = np.flatnonzero(self.exact_needed(*(utf8 if utf8 is not None else utf8_buffer(texts))))
+            fast_texts = texts
+            if len(exact):
+                fast_texts = list(texts)
+                for i in exact:
+                    fast_texts[i] = ""  # encoded below by tiktoken; don't pay for it twice
+            out = self._fast.encode_ordinary_batch(fast_texts)
+            for i in exact:
                 out[i] = self._exact.encode_ordinary(texts[i])
         if bos:
             out = [[self.bos_id, *ids] for ids in out]
         return out
 
-    def encode_to_array(self, texts: Iterable[str], bos: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Encode texts into one flat id array plus int64 row offsets (len = rows + 1), in `self.dtype`."""
-        rows = self.encode_batch(list(texts), bos=bos)
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    def encode_to_array(self, texts: Sequence[str], bos: bool = True,
+                        utf8: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts into one flat id array (`self.dtype`) plus int64 row offsets (len = rows + 1)."""
+        rows = self.encode_batch(texts, bos=False, utf8=utf8)
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) + (1 if bos else 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((i for r in rows for i in r), dtype=self.dtype, count=int(offsets[-1]))
+        ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=self.dtype,
+                          count=int(offsets[-1]) - (len(rows) if bos else 0))
+        if not bos:
+            return ids, offsets
+        flat = np.empty(int(offsets[-1]), dtype=self.dtype)
+        is_text = np.ones(len(flat), dtype=bool)
+        is_text[offsets[:-1]] = False
+        flat[offsets[:-1]] = self.bos_id
+        flat[is_text] = ids
         return flat, offsets
 
     # -- decoding ---------------------------------------------------------------------------------------

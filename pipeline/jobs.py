@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -275,8 +274,7 @@ def encode(
     slices = sources.plan_slices(files, text_column, slice_bytes)
     local_tok = out_dir / "tokenizer"
     if Path(tokenizer_dir).absolute() != local_tok:
-        shutil.rmtree(local_tok, ignore_errors=True)
-        tok.save(local_tok, training=tok.metadata.get("training"))
+        copy_tokenizer(Path(tokenizer_dir), local_tok)
     for split in ("train", "val"):
         (out_dir / split).mkdir(parents=True, exist_ok=True)
         atomic.remove_stale_temporaries(out_dir / split)
@@ -284,7 +282,7 @@ def encode(
     records: list[dict[str, Any]] = []
     errors: list[str] = []
     with ray_session(address, workers):
-        max_in_flight = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in slices), show=show_progress)
         pending = list(reversed(slices))
@@ -311,6 +309,24 @@ def encode(
     manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, errors)
     manifest.write(out_dir)
     return EncodeResult(manifest, out_dir, time.time() - t0, errors)
+
+
+def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
+    """Tasks to keep submitted. Where Ray's CPU count already caps concurrency at --workers, submit twice as
+    many: Ray queues the extra ones, so a worker that finishes a slice starts the next at once instead of
+    waiting for the driver to notice and submit. On a bigger cluster, --workers itself is the cap."""
+    if workers is None or cluster_cpus <= workers:
+        return 2 * max(1, min(workers or cluster_cpus, cluster_cpus))
+    return workers
+
+
+def copy_tokenizer(src: Path, dest: Path) -> None:
+    """Copy a tokenizer directory file by file (atomically each), so OUT/tokenizer is byte-identical to SRC."""
+    from pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
+
+    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON):
+        if (src / name).is_file():
+            atomic.write_bytes(dest / name, (src / name).read_bytes())
 
 
 def _task_error(piece: sources.Slice, exc: BaseException) -> str:

@@ -150,6 +150,11 @@ def train_tokenizer(
         # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
         trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, sample_bytes))
     n_docs, n_bytes = trained["documents"], trained["bytes"]
+    reached = len(trained["ranks"]) + len(SPECIAL_TOKENS)
+    if reached < vocab_size:
+        raise ValueError(f"the training sample ({n_docs:,} documents, {n_bytes:,} bytes) has only enough distinct "
+                         f"pairs for a {reached:,}-token vocabulary, not {vocab_size:,}: lower --vocab-size or "
+                         "train on more text (--sample-bytes, or a larger --source)")
     tok = Tokenizer.from_ranks(dict(trained["ranks"]), regex, pattern_name)
     seconds = time.time() - t0
     training = {"source": source or "bundled-sample", "files": len(files), "sample_documents": n_docs,

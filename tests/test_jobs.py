@@ -129,3 +129,12 @@ def test_uint32_shards_for_large_vocabularies(tmp_path, ray_cluster):
     rec = result.manifest.shards[0]
     with ShardReader(tmp_path / "out" / rec["path"]) as r:
         assert r.dtype == np.uint32 and int(r.tokens.max()) > 65535
+
+
+def test_vocabulary_the_sample_cannot_fill_is_a_clear_error(tmp_path, ray_cluster):
+    from tests.conftest import write_parquet
+
+    src = write_parquet(tmp_path / "tiny.parquet", ["hello world, hello tokens"] * 20)
+    with pytest.raises(ValueError, match=r"only enough distinct pairs for a \d+-token vocabulary, not 4,096"):
+        jobs.train_tokenizer(str(src), tmp_path / "tok", vocab_size=4096)
+    assert not (tmp_path / "tok").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,20 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    tok_dir = str(Path(args.out) / "tokenizer")
-    with jobs.ray_session(args.address, args.workers):
-        trained = jobs.train_tokenizer(args.source, tok_dir, vocab_size=args.vocab_size,
+    out = Path(args.out)
+    tok_dir = out / "tokenizer"
+    out.mkdir(parents=True, exist_ok=True)
+    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out) as tmp:
+        # Train beside OUT first: an OUT that holds another tokenizer's shards must be refused, not half-replaced.
+        trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", vocab_size=args.vocab_size,
                                        sample_bytes=args.sample_bytes, pattern=args.pattern, seed=args.seed,
                                        text_column=args.text_column, id_column=args.id_column)
-        result = _encode(args, tok_dir)
+        if (out / MANIFEST).is_file() and Manifest.read(out).tokenizer["sha256"] != trained.sha256:
+            raise ValueError(f"{out} holds shards made with another tokenizer than the one just trained; "
+                             "choose another --out or delete that directory")
+        jobs.copy_tokenizer(trained.tokenizer_dir, tok_dir)
+        trained.tokenizer_dir = tok_dir
+        result = _encode(args, str(tok_dir))
     summary = {"tokenizer": trained.summary(), **result.summary()}
     _print(args, summary, _train_lines(trained.summary()) + _encode_lines(result.summary()))
     return 0 if result.complete else EXIT_INCOMPLETE

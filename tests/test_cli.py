@@ -60,6 +60,16 @@ def test_human_summary_of_run(corpus_dir, tmp_path):
     assert "encoded 256 documents" in proc.stdout and "bytes/token" in proc.stdout and "tokens/s" in proc.stdout
 
 
+def test_run_refuses_an_outdir_of_another_tokenizer(run_out, corpus_dir):
+    out, _ = run_out
+    before = (out / "tokenizer" / "tokenizer.json").read_bytes()
+    proc = tokshard("run", "--source", str(corpus_dir), "--out", str(out), "--vocab-size", "700", "--no-progress",
+                    check=False)
+    assert proc.returncode == 2 and "another tokenizer" in proc.stderr
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == before
+    assert [p.name for p in out.iterdir() if p.name.startswith("tmp")] == []
+
+
 def test_usage_errors_name_the_problem(tmp_path):
     proc = tokshard("encode", "--source", str(tmp_path / "nope.parquet"), "--tokenizer", str(tmp_path),
                     "--out", str(tmp_path / "o"), check=False)

@@ -12,7 +12,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -97,9 +97,6 @@ class Slice:
     row_start: int
     row_end: int
     text_bytes_estimate: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _text_column_bytes(md: pq.FileMetaData, rg: int, text_column: str) -> int:

@@ -11,7 +11,9 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 $(BIN)/tokshard: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# torch first and pinned: 2.13.0 is the CPU build on disk; an open range would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,service,trainer]"
 	touch $@
 
 install: $(BIN)/tokshard

@@ -1,5 +1,7 @@
 """The `tokshard` command line: train-tokenizer, encode, run (both, the main job) and inspect.
 
+Other rooms add their own subcommands (`serve` from service/, `train` and `sample` from trainer/) through the
+`tokshard.commands` entry-point group, so the core never imports them.
 Each command prints a short human summary, or with `--json` one machine-readable JSON object on stdout.
 Exit codes: 0 done, 1 the run finished incomplete or verification found problems, 2 bad usage or input.
 """
@@ -10,6 +12,7 @@ import argparse
 import json
 import sys
 import tempfile
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a sample of SRC")
+    p.set_defaults(func=cmd_train_tokenizer)
     _add_source(p, required=True)
     p.add_argument("--out", required=True, help="tokenizer directory to write")
     _add_training(p)
     _add_ray(p)
 
     p = sub.add_parser("encode", help="encode SRC into token shards")
+    p.set_defaults(func=cmd_encode)
     _add_source(p, required=True)
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--out", required=True, help="output directory")
@@ -71,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray(p)
 
     p = sub.add_parser("run", help="the main job: train a tokenizer on a sample, then encode everything")
+    p.set_defaults(func=cmd_run)
     _add_source(p, required=False)
     p.add_argument("--out", required=True, help="output directory (tokenizer in OUT/tokenizer)")
     _add_training(p)
@@ -80,7 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise and verify a shard directory or a tokenizer directory")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Let installed rooms register subcommands: each entry point is a callable taking the subparsers object."""
+    for ep in entry_points(group="tokshard.commands"):
+        try:
+            register = ep.load()
+        except ModuleNotFoundError as e:
+            if e.name and ep.value.startswith(e.name):  # that room is not part of this installation
+                continue
+            raise
+        register(sub)
 
 
 def _print(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
@@ -197,13 +217,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if problems else 0
 
 
-COMMANDS = {"train-tokenizer": cmd_train_tokenizer, "encode": cmd_encode, "run": cmd_run, "inspect": cmd_inspect}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"tokshard {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

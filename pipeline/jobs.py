@@ -182,6 +182,15 @@ class _SplitBuffer:
         self.text_bytes += text_bytes
 
 
+def _select_rows(flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The tokens of the rows where `keep` is set, copied run by run: the validation split is ~1% of the rows,
+    so both splits are a few long runs and this beats a per-token mask."""
+    if keep.all():
+        return flat
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.view(np.int8), [0]))))
+    return np.concatenate([flat[offsets[a] : offsets[b]] for a, b in zip(edges[::2], edges[1::2], strict=True)])
+
+
 def encode_slice(
     piece: sources.Slice,
     tokenizer_dir: str,
@@ -200,13 +209,11 @@ def encode_slice(
         flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
         lengths = np.diff(offsets)
         doc_bytes = np.diff(batch.utf8[1])
-        is_val = np.fromiter((sources.is_validation(i, val_fraction) for i in batch.ids), dtype=bool,
-                             count=len(batch.ids))
-        token_is_val = np.repeat(is_val, lengths)
-        for split, rows, toks in (("train", ~is_val, ~token_is_val), ("val", is_val, token_is_val)):
+        is_val = sources.validation_mask(batch.ids, val_fraction)
+        for split, rows in (("train", ~is_val), ("val", is_val)):
             if rows.any():
-                buffers[split].add([d for d, keep in zip(batch.ids, rows, strict=True) if keep], flat[toks],
-                                   lengths[rows], int(doc_bytes[rows].sum()))
+                buffers[split].add([d for d, keep in zip(batch.ids, rows, strict=True) if keep],
+                                   _select_rows(flat, offsets, rows), lengths[rows], int(doc_bytes[rows].sum()))
         if progress is not None:
             progress.add.remote(len(batch.texts), len(flat), int(doc_bytes.sum()))
     records = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -193,3 +193,16 @@ def id_fraction(doc_id: str, salt: str = "") -> float:
 
 def is_validation(doc_id: str, val_fraction: float) -> bool:
     return val_fraction > 0 and id_fraction(doc_id, "tokshard-val:") < val_fraction
+
+
+def validation_mask(doc_ids: Sequence[str], val_fraction: float) -> np.ndarray:
+    """`is_validation` for many ids at once (bool array): the salted hash state is built once and copied."""
+    if val_fraction <= 0:
+        return np.zeros(len(doc_ids), dtype=bool)
+    salted = hashlib.blake2b(b"tokshard-val:", digest_size=8)
+    mask = np.empty(len(doc_ids), dtype=bool)
+    for i, doc_id in enumerate(doc_ids):
+        h = salted.copy()
+        h.update(doc_id.encode())
+        mask[i] = int.from_bytes(h.digest(), "little") / 2.0**64 < val_fraction
+    return mask

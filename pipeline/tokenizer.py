@@ -61,32 +61,38 @@ METADATA_FORMAT = "tokshard-tokenizer/1"
 
 # riptoken gives ids identical to tiktoken/HF on pre-split pieces shorter than 500 UTF-8 bytes and may differ on
 # longer ones (it switches merge algorithm and breaks ties between equal ranks differently; measured in
-# docs/benchmarks.md). For the presets above a piece is at most one character plus one run of whitespace-class
-# characters and one run of non-whitespace-class characters, so a piece of >= RIPTOKEN_EXACT_BELOW bytes needs a
-# same-class byte run of >= 2 * GUARD_BLOCK - 1 bytes; such a run always contains a whole GUARD_BLOCK-aligned
-# block of one class, so every piece of >= 4 * GUARD_BLOCK + 2 = 386 bytes is caught (a 23% margin below 500).
+# docs/benchmarks.md). For the preset patterns a piece is one run of a single class -- letters, digits,
+# punctuation/symbols (which may end in newlines), or whitespace -- plus at most one leading character (<= 4 bytes)
+# and an English contraction suffix (<= 3 bytes). Bytes are classified into bits that over-approximate those
+# classes, so a long piece always lies over a long run of bytes sharing one bit. Such a run of
+# (GUARD_RUN_BLOCKS + 1) * GUARD_BLOCK - 1 bytes contains GUARD_RUN_BLOCKS whole aligned blocks that all carry the
+# bit, which is what the guard looks for: every piece of >= GUARD_CATCHES_FROM bytes is flagged.
 RIPTOKEN_EXACT_BELOW = 500
-GUARD_BLOCK = 96
-_WS_ASCII = b"\t\n\x0b\x0c\r "
+GUARD_BLOCK = 64
+GUARD_RUN_BLOCKS = 6
+_PIECE_EDGE_BYTES = 4 + 3
+GUARD_CATCHES_FROM = (GUARD_RUN_BLOCKS + 1) * GUARD_BLOCK - 1 + _PIECE_EDGE_BYTES
+assert GUARD_CATCHES_FROM < RIPTOKEN_EXACT_BELOW
+_LETTER, _DIGIT, _PUNCT, _SPACE = 1, 2, 4, 8
 
 
-def _guard_table(extra_ws: bytes = b"") -> np.ndarray:
-    """Byte classes as bits: 1 = may belong to a whitespace run, 2 = may belong to a non-whitespace run.
-
-    Non-ASCII bytes and the ASCII separators \\x1c-\\x1f may be either (Unicode and Python disagree about
-    them), so classifying bytes never splits a real same-class run: the guard can only over-report.
-    """
-    table = np.full(256, 2, dtype=np.uint8)
-    for b in _WS_ASCII:
-        table[b] = 1
-    for b in [*range(0x1C, 0x20), *range(0x80, 0x100), *extra_ws]:
-        table[b] = 3
+def _guard_table() -> np.ndarray:
+    """Byte -> class bits. A byte gets every bit of every class it may belong to, so classifying bytes never
+    splits a real same-class run and the guard can only over-report: non-ASCII bytes may be any class
+    (Unicode letters, digits, symbols, spaces); the ASCII separators \\x1c-\\x1f are whitespace to some regex
+    engines; CR and LF may end a punctuation piece (o200k also lets "/" end one; it is punctuation anyway)."""
+    table = np.full(256, _PUNCT, dtype=np.uint8)  # ASCII symbols and control characters
+    table[np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)] = _LETTER
+    table[np.frombuffer(b"0123456789", np.uint8)] = _DIGIT
+    table[np.frombuffer(b"\t\x0b\x0c ", np.uint8)] = _SPACE
+    table[np.frombuffer(b"\r\n", np.uint8)] = _SPACE | _PUNCT
+    table[0x1C:0x20] = _SPACE | _PUNCT
+    table[0x80:] = _LETTER | _DIGIT | _PUNCT | _SPACE
     return table
 
 
-# o200k's punctuation alternative may end in a run mixing newlines and "/": count "/" as both classes there.
-_GUARD_TABLES = {"gpt2": _guard_table(), "cl100k": _guard_table(), "cl100k-d2": _guard_table(),
-                 "o200k": _guard_table(b"/")}
+_GUARD_TABLE = _guard_table()
+_GUARDED_PRESETS = frozenset({"gpt2", "cl100k", "cl100k-d2", "o200k"})
 
 
 def resolve_pattern(name_or_regex: str) -> tuple[str, str]:
@@ -269,7 +275,7 @@ class Tokenizer:
             name="tokshard", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
         )
         preset = next((name for name, regex in PATTERNS.items() if regex == self.pattern), None)
-        self._guard = _GUARD_TABLES.get(preset) if preset else None
+        self._guard = _GUARD_TABLE if preset in _GUARDED_PRESETS else None
         self.engine = "riptoken" if self._guard is not None else "tiktoken"
         self._fast = None if self._guard is None else riptoken.CoreBPE(self.ranks, self.special_tokens, self.pattern)
         self._id_to_bytes: list[bytes] = [b""] * self.vocab_size
@@ -293,23 +299,34 @@ class Tokenizer:
         """Which documents riptoken might encode differently: bool per document.
 
         `data` is the uint8 UTF-8 of all documents back to back, `offsets` their int64 boundaries (len n+1).
-        One table lookup and one block-wise AND over the bytes; no per-character Python.
+        One table lookup, a block-wise AND (eight bytes at a time) and a sliding count over blocks; no Python
+        loop over bytes or documents.
         """
         n_docs = len(offsets) - 1
         if self._guard is None:
             return np.ones(n_docs, dtype=bool)
-        flagged = np.zeros(n_docs, dtype=bool)
-        full = len(data) // GUARD_BLOCK * GUARD_BLOCK
-        if full == 0:
-            return flagged
-        classes = self._guard[data[:full]].reshape(-1, GUARD_BLOCK)
-        hot = np.flatnonzero(np.bitwise_and.reduce(classes, axis=1))
-        if len(hot):
-            first = np.searchsorted(offsets, hot * GUARD_BLOCK, side="right") - 1
-            last = np.searchsorted(offsets, (hot + 1) * GUARD_BLOCK - 1, side="right") - 1
-            for a, b in zip(first, last, strict=True):
-                flagged[a : b + 1] = True
-        return flagged
+        n_blocks = len(data) // GUARD_BLOCK
+        if n_blocks < GUARD_RUN_BLOCKS:
+            return np.zeros(n_docs, dtype=bool)
+        classes = np.take(self._guard, data[: n_blocks * GUARD_BLOCK]).view(np.uint64)
+        blocks = np.bitwise_and.reduce(classes.reshape(n_blocks, GUARD_BLOCK // 8), axis=1)
+        for shift in (32, 16, 8):  # fold the 8 byte lanes into the low byte
+            blocks &= blocks >> np.uint64(shift)
+        blocks = blocks.astype(np.uint8)
+        starts = []
+        for bit in (_LETTER, _DIGIT, _PUNCT, _SPACE):
+            count = np.zeros(n_blocks + 1, dtype=np.int64)
+            np.cumsum((blocks & bit) != 0, out=count[1:])
+            starts.append(np.flatnonzero(count[GUARD_RUN_BLOCKS:] - count[:-GUARD_RUN_BLOCKS] == GUARD_RUN_BLOCKS))
+        hot = np.concatenate(starts)  # first block of each all-one-class window of GUARD_RUN_BLOCKS blocks
+        if not len(hot):
+            return np.zeros(n_docs, dtype=bool)
+        first = np.searchsorted(offsets, hot * GUARD_BLOCK, side="right") - 1
+        last = np.searchsorted(offsets, (hot + GUARD_RUN_BLOCKS) * GUARD_BLOCK - 1, side="right") - 1
+        marks = np.zeros(n_docs + 1, dtype=np.int64)  # +1 at each window's first document, -1 after its last
+        np.add.at(marks, first, 1)
+        np.add.at(marks, last + 1, -1)
+        return np.cumsum(marks[:-1]) > 0
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` as plain text (special-token strings included), without `<|bos|>`."""
@@ -347,15 +364,9 @@ class Tokenizer:
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) + (1 if bos else 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        ids = np.fromiter(itertools.chain.from_iterable(rows), dtype=self.dtype,
-                          count=int(offsets[-1]) - (len(rows) if bos else 0))
-        if not bos:
-            return ids, offsets
-        flat = np.empty(int(offsets[-1]), dtype=self.dtype)
-        is_text = np.ones(len(flat), dtype=bool)
-        is_text[offsets[:-1]] = False
-        flat[offsets[:-1]] = self.bos_id
-        flat[is_text] = ids
+        # One pass from Python ints to numpy; with bos the stream is bos, row, bos, row, ...
+        pieces = itertools.chain.from_iterable(zip(itertools.repeat((self.bos_id,)), rows)) if bos else rows
+        flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=self.dtype, count=int(offsets[-1]))
         return flat, offsets
 
     # -- decoding ---------------------------------------------------------------------------------------

@@ -85,3 +85,6 @@ def test_split_hash_is_stable_and_roughly_uniform():
     assert 0.04 < frac < 0.06
     assert sources.id_fraction("abc") == sources.id_fraction("abc") != sources.id_fraction("abd")
     assert not sources.is_validation("anything", 0.0)
+    mask = sources.validation_mask(ids, 0.05)
+    assert mask.tolist() == [sources.is_validation(i, 0.05) for i in ids]
+    assert not sources.validation_mask(ids[:10], 0.0).any()

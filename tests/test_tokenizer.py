@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from pipeline.tokenizer import (
     BOS,
-    GUARD_BLOCK,
+    GUARD_CATCHES_FROM,
     PATTERNS,
     RIPTOKEN_EXACT_BELOW,
     SPECIAL_TOKENS,
@@ -99,7 +99,7 @@ def test_arbitrary_unicode_matches_reference_and_round_trips(pattern_tokenizer, 
 @settings(max_examples=60, deadline=None)
 @given(char=st.one_of(st.sampled_from([" ", "-", "a", "=", "0", "\n", "é", "中", "😀", "ab", "\r\n", " a"]),
                       st.characters(blacklist_categories=["Cs"])),
-       n=st.sampled_from([2 * GUARD_BLOCK - 2, 2 * GUARD_BLOCK - 1, 200, 499, 500, 501, 701, 1000, 3000]))
+       n=st.sampled_from([GUARD_CATCHES_FROM - 8, GUARD_CATCHES_FROM, 200, 499, 500, 501, 701, 1000, 3000]))
 def test_long_runs_of_one_character(pattern_tokenizer, char, n):
     tok, hf = pattern_tokenizer
     text = f"x {char * n} y"
@@ -113,16 +113,33 @@ def test_long_runs_of_one_character(pattern_tokenizer, char, n):
 @given(parts=st.lists(st.one_of(mixed_text, st.builds(lambda c, n: c * n, edge_chars, st.integers(1, 400))),
                       max_size=8))
 def test_guard_flags_every_document_with_a_long_piece(pattern_tokenizer, parts):
-    """Soundness of the riptoken guard: any pre-split piece of >= 4 * GUARD_BLOCK + 2 bytes is flagged."""
+    """Soundness of the riptoken guard: any pre-split piece of >= GUARD_CATCHES_FROM bytes is flagged."""
     tok, _ = pattern_tokenizer
     text = "".join(parts)
     if tok.engine != "riptoken":
         return
     longest = max((len(p.encode()) for p in regex.findall(tok.pattern, text)), default=0)
     flagged = bool(tok.exact_needed(*utf8_buffer([text]))[0])
-    if longest >= 4 * GUARD_BLOCK + 2:
+    if longest >= GUARD_CATCHES_FROM:
         assert flagged, f"a {longest}-byte piece was not flagged"
-    assert 4 * GUARD_BLOCK + 2 < RIPTOKEN_EXACT_BELOW
+    assert GUARD_CATCHES_FROM < RIPTOKEN_EXACT_BELOW
+
+
+@pytest.mark.parametrize("run", ["a", "0", "-", " ", "\n", "é", "中", "😀", "\u3000", "-\n"])
+def test_guard_catches_long_pieces_at_every_alignment(pattern_tokenizer, run):
+    """Every alignment of a just-long-enough piece inside a batch is flagged, and only that document."""
+    tok, _ = pattern_tokenizer
+    if tok.engine != "riptoken":
+        return
+    reps = -(-GUARD_CATCHES_FROM // len(run.encode()))
+    docs = []
+    for shift in range(70):  # a block and then some: every position of the run relative to the guard's blocks
+        docs += ["word. " * 3 + "x" * shift + "; " + run * reps + " ok", "Short, ordinary text."]
+    flagged = tok.exact_needed(*utf8_buffer(docs))
+    for doc, hit in zip(docs[::2], flagged[::2], strict=True):
+        longest = max(len(p.encode()) for p in regex.findall(tok.pattern, doc))
+        assert hit or longest < GUARD_CATCHES_FROM, f"a {longest}-byte piece was not flagged"
+    assert not flagged[1::2].any(), "a short neighbour of a long run was flagged"
 
 
 def test_riptoken_divergence_is_still_where_we_measured_it(pattern_tokenizer):

@@ -27,6 +27,7 @@ from pipeline.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     SPECIAL_TOKENS,
     Tokenizer,
+    UnencodableError,
     load_cached,
     resolve_pattern,
 )
@@ -206,7 +207,10 @@ def encode_slice(
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
     buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
     for batch in sources.iter_batches(piece, text_column, id_column):
-        flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
+        try:
+            flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
+        except UnencodableError as e:
+            raise sources.SourceError(f"{piece.path}: row {batch.first_row + e.index}: {e.reason}") from None
         lengths = np.diff(offsets)
         doc_bytes = np.diff(batch.utf8[1])
         is_val = sources.validation_mask(batch.ids, val_fraction)

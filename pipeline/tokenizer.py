@@ -19,7 +19,8 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,29 @@ def _guard_table() -> np.ndarray:
 
 _GUARD_TABLE = _guard_table()
 _GUARDED_PRESETS = frozenset({"gpt2", "cl100k", "cl100k-d2", "o200k"})
+
+# Long documents are encoded in chunks so a worker's memory does not grow with the document: the ids of a chunk go
+# to numpy before the next chunk is encoded. A chunk ends where every preset pattern ends a piece, so encoding the
+# chunks separately gives exactly the ids of the whole: after a letter followed by a space and a letter (the space
+# starts the next word's piece), or after a newline that follows a non-space and precedes a non-space other than
+# "/" (o200k lets "/" continue a punctuation piece past newlines; gpt2 would join a space run and the newline).
+LONG_DOC_CHARS = 1 << 20
+CHUNK_CHARS = 1 << 18
+_PIECE_END = re.compile(r"[A-Za-z](?= [A-Za-z])|(?<=\S)\n(?=[^\s/\u180e])")
+
+
+def piece_aligned_chunks(text: str, chunk_chars: int | None = None) -> Iterator[str]:
+    """Cut `text` into pieces of about `chunk_chars` characters at points where a preset pattern's pieces end.
+    A stretch with no such point (one giant piece) stays whole: it cannot be cut without changing the ids."""
+    chunk_chars = chunk_chars or CHUNK_CHARS
+    start = 0
+    while len(text) - start > chunk_chars:
+        m = _PIECE_END.search(text, start + chunk_chars)
+        if m is None:
+            break
+        yield text[start : m.end()]
+        start = m.end()
+    yield text[start:]
 
 
 def resolve_pattern(name_or_regex: str) -> tuple[str, str]:
@@ -249,6 +273,21 @@ def utf8_buffer(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
 
 
+class UnencodableError(ValueError):
+    """A text that no exact engine can encode; `index` is its position in the batch that was being encoded."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+def _utf8_rows(utf8: tuple[np.ndarray, np.ndarray], start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows start..stop of a (bytes, offsets) UTF-8 buffer, without copying the bytes."""
+    data, offsets = utf8
+    return data[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start]
+
+
 @dataclass
 class Tokenizer:
     """Encode/decode with a byte-level BPE vocabulary; build with `Tokenizer.load(dir)` or `from_ranks`."""
@@ -342,7 +381,7 @@ class Tokenizer:
         (an Arrow string column does), to skip re-encoding them for the guard."""
         texts = list(texts)
         if self._fast is None:
-            out = [self._exact.encode_ordinary(t) for t in texts]
+            out = [self._encode_exact(t, i) for i, t in enumerate(texts)]
         else:
             exact = np.flatnonzero(self.exact_needed(*(utf8 if utf8 is not None else utf8_buffer(texts))))
             fast_texts = texts
@@ -352,15 +391,82 @@ class Tokenizer:
                     fast_texts[i] = ""  # encoded below by tiktoken; don't pay for it twice
             out = self._fast.encode_ordinary_batch(fast_texts)
             for i in exact:
-                out[i] = self._exact.encode_ordinary(texts[i])
+                out[i] = self._encode_exact(texts[i], i)
         if bos:
             out = [[self.bos_id, *ids] for ids in out]
         return out
 
+    def _encode_exact(self, text: str, index: int) -> list[int]:
+        """tiktoken, or HF tokenizers (the reference itself, slower) where tiktoken's regex engine gives up: its
+        backtracking overflows the stack on whitespace runs of some 10^5-10^6 characters and panics. Oniguruma
+        (HF) gives up too on runs of tens of millions; then no exact engine can encode the text."""
+        try:
+            return self._exact.encode_ordinary(text)
+        except BaseException as e:  # pyo3's PanicException derives from BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+        try:
+            return self._reference().encode(text, add_special_tokens=False).ids
+        except BaseException as e:
+            if type(e).__name__ != "PanicException" and not isinstance(e, Exception):
+                raise
+            raise UnencodableError(index, f"no exact engine can encode it (tiktoken and HF tokenizers both failed: "
+                                   f"{str(e).strip()[:120]}); it likely holds a run of millions of one character "
+                                   "class -- strip or drop that row") from None
+
+    @functools.cached_property
+    def _reference_spec(self) -> str:
+        specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
+        return json.dumps(build_tokenizer_json(self.ranks, self.pattern, specials))
+
+    def _reference(self) -> Any:
+        import tokenizers
+
+        hf = tokenizers.Tokenizer.from_str(self._reference_spec)
+        hf.encode_special_tokens = True
+        return hf
+
     def encode_to_array(self, texts: Sequence[str], bos: bool = True,
                         utf8: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Encode texts into one flat id array (`self.dtype`) plus int64 row offsets (len = rows + 1)."""
-        rows = self.encode_batch(texts, bos=False, utf8=utf8)
+        """Encode texts into one flat id array (`self.dtype`) plus int64 row offsets (len = rows + 1).
+
+        Documents longer than LONG_DOC_CHARS go through `piece_aligned_chunks` (preset patterns only), so the
+        Python lists alive at any time hold at most a chunk's ids, whatever the document's size."""
+        texts = texts if isinstance(texts, list) else list(texts)
+        long_docs = [i for i, t in enumerate(texts) if len(t) > LONG_DOC_CHARS] if self._guard is not None else []
+        if not long_docs:
+            return self._rows_to_array(self.encode_batch(texts, bos=False, utf8=utf8), bos)
+        parts: list[np.ndarray] = []
+        lengths: list[np.ndarray] = []
+        start = 0
+        for i in [*long_docs, len(texts)]:
+            if i > start:  # the run of ordinary documents before this long one
+                sub = None if utf8 is None else _utf8_rows(utf8, start, i)
+                try:
+                    rows = self.encode_batch(texts[start:i], bos=False, utf8=sub)
+                except UnencodableError as e:
+                    raise UnencodableError(start + e.index, e.reason) from None
+                flat, offsets = self._rows_to_array(rows, bos)
+                parts.append(flat)
+                lengths.append(np.diff(offsets))
+            if i < len(texts):
+                parts.append(self._encode_long(texts[i], i, bos))
+                lengths.append(np.array([len(parts[-1])], dtype=np.int64))
+            start = i + 1
+        offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        return np.concatenate(parts), offsets
+
+    def _encode_long(self, text: str, index: int, bos: bool) -> np.ndarray:
+        doc = [np.array([self.bos_id] if bos else [], dtype=self.dtype)]
+        for chunk in piece_aligned_chunks(text):
+            try:
+                doc.append(self._rows_to_array(self.encode_batch([chunk], bos=False), bos=False)[0])
+            except UnencodableError as e:
+                raise UnencodableError(index, e.reason) from None
+        return np.concatenate(doc)
+
+    def _rows_to_array(self, rows: list[list[int]], bos: bool) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) + (1 if bos else 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])

@@ -21,6 +21,7 @@ from pipeline.tokenizer import (
     SPECIAL_TOKENS,
     Tokenizer,
     build_tokenizer_json,
+    piece_aligned_chunks,
     resolve_pattern,
     utf8_buffer,
 )
@@ -214,3 +215,37 @@ def test_build_rejects_vocabulary_without_all_bytes():
 def test_out_of_range_id_is_a_clear_error(small_tokenizer):
     with pytest.raises(ValueError, match="out of range"):
         small_tokenizer.decode([small_tokenizer.vocab_size])
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.one_of(mixed_text, st.sampled_from(["a b", "a\nb", "a \nb", "-\n/", "x\n\ny", " \n "])),
+                      max_size=30),
+       chunk_chars=st.integers(1, 40))
+def test_piece_aligned_chunks_encode_like_the_whole(pattern_tokenizer, parts, chunk_chars):
+    """Long documents are encoded chunk by chunk; the cut points must never change the ids (every preset)."""
+    tok, hf = pattern_tokenizer
+    text = "".join(parts)
+    chunks = list(piece_aligned_chunks(text, chunk_chars))
+    assert "".join(chunks) == text
+    ids = [i for c in chunks for i in tok.encode_ordinary(c)]
+    assert ids == hf.encode(text, add_special_tokens=False).ids
+
+
+def test_long_documents_go_through_chunks_with_the_same_ids(small_tokenizer, monkeypatch):
+    import pipeline.tokenizer as tokenizer_module
+
+    texts = sample_texts(40)
+    long_doc = "\n".join(texts[:30])
+    batch = [texts[30], long_doc, "", long_doc[:5000], texts[31]]
+    expected = small_tokenizer.encode_batch(batch)
+    monkeypatch.setattr(tokenizer_module, "LONG_DOC_CHARS", 4000)
+    monkeypatch.setattr(tokenizer_module, "CHUNK_CHARS", 1000)
+    assert len(list(piece_aligned_chunks(long_doc))) > 10
+    flat, offsets = small_tokenizer.encode_to_array(batch, utf8=utf8_buffer(batch))
+    assert [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+
+
+def test_whitespace_run_that_overflows_tiktoken_falls_back_to_the_reference(small_tokenizer, small_tokenizer_dir):
+    """tiktoken's regex engine panics on a run of a million spaces; the HF reference takes over, exactly."""
+    text = "start" + " " * 1_000_000 + "end"
+    assert small_tokenizer.encode_ordinary(text) == reference(small_tokenizer_dir).encode(text).ids[1:]

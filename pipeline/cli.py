@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from importlib.metadata import entry_points
@@ -20,6 +21,7 @@ from pipeline import jobs, sources
 from pipeline.manifest import MANIFEST, Manifest
 from pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
+TRAIN_TMP_PREFIX = ".tmp-train-"
 EXIT_INCOMPLETE = 1
 EXIT_USAGE = 2
 
@@ -51,6 +53,8 @@ def _add_encoding(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION)
     p.add_argument("--slice-mb", type=int, default=sources.DEFAULT_SLICE_BYTES >> 20,
                    help="uncompressed text per encode task / shard, in MiB")
+    p.add_argument("--limit-docs", type=int, default=None, help="encode only the first N documents (trial runs)")
+    p.add_argument("--limit-files", type=int, default=None, help="encode only the first N files (trial runs)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal; plain log lines otherwise)")
 
@@ -116,6 +120,9 @@ def _encode_lines(s: dict[str, Any]) -> list[str]:
         f"  {s['text_bytes'] / 1e6:,.1f} MB of text, {s['bytes_per_token']:.3f} bytes/token, "
         f"{s['seconds']:.1f} s, {s['tokens_per_s'] / 1e6:.2f} M tokens/s",
     ]
+    if s.get("slices_kept"):
+        lines.append(f"  resumed: kept {s['slices_kept']} finished slice(s) that verified, encoded "
+                     f"{s['slices_encoded']}")
     for split, t in s["splits"].items():
         lines.append(f"  {split}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['shards']} shards, "
                      f"{t['bytes_per_token']:.3f} bytes/token")
@@ -126,6 +133,9 @@ def _encode_lines(s: dict[str, Any]) -> list[str]:
 
 
 def _train_lines(s: dict[str, Any]) -> list[str]:
+    if s.get("reused"):
+        return [f"reusing the {s['vocab_size']:,}-token tokenizer this run trained before -> {s['tokenizer']}",
+                f"  tokenizer.json sha256 {s['sha256']}"]
     return [f"trained a {s['vocab_size']:,}-token tokenizer on {s['sample_documents']:,} documents "
             f"({s['sample_bytes'] / 1e6:,.1f} MB) in {s['seconds']:.1f} s -> {s['tokenizer']}",
             f"  tokenizer.json sha256 {s['sha256']}"]
@@ -142,7 +152,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
 def _encode(args: argparse.Namespace, tokenizer_dir: str) -> jobs.EncodeResult:
     return jobs.encode(args.source, tokenizer_dir, args.out, workers=args.workers, val_fraction=args.val_fraction,
                        text_column=args.text_column, id_column=args.id_column, slice_bytes=args.slice_mb << 20,
-                       address=args.address, show_progress=args.progress)
+                       address=args.address, show_progress=args.progress, limit_docs=args.limit_docs,
+                       limit_files=args.limit_files)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -153,19 +164,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    tok_dir = out / "tokenizer"
     out.mkdir(parents=True, exist_ok=True)
-    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out) as tmp:
-        # Train beside OUT first: an OUT that holds another tokenizer's shards must be refused, not half-replaced.
-        trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", vocab_size=args.vocab_size,
-                                       sample_bytes=args.sample_bytes, pattern=args.pattern, seed=args.seed,
-                                       text_column=args.text_column, id_column=args.id_column)
-        if (out / MANIFEST).is_file() and Manifest.read(out).tokenizer["sha256"] != trained.sha256:
-            raise ValueError(f"{out} holds shards made with another tokenizer than the one just trained; "
-                             "choose another --out or delete that directory")
-        jobs.copy_tokenizer(trained.tokenizer_dir, tok_dir)
-        trained.tokenizer_dir = tok_dir
-        result = _encode(args, str(tok_dir))
+    for stale in out.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
+        shutil.rmtree(stale, ignore_errors=True)
+    settings = {"vocab_size": args.vocab_size, "sample_bytes": args.sample_bytes, "pattern": args.pattern,
+                "seed": args.seed, "text_column": args.text_column, "id_column": args.id_column}
+    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out,
+                                                                                   prefix=TRAIN_TMP_PREFIX) as tmp:
+        trained = jobs.reusable_tokenizer(out / "tokenizer", args.source, **settings)
+        if trained is None:
+            # Trained beside OUT: encode checks OUT belongs to this run before it copies the tokenizer in.
+            trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", **settings)
+        result = _encode(args, str(trained.tokenizer_dir))
+        trained.tokenizer_dir = out / "tokenizer"
     summary = {"tokenizer": trained.summary(), **result.summary()}
     _print(args, summary, _train_lines(trained.summary()) + _encode_lines(result.summary()))
     return 0 if result.complete else EXIT_INCOMPLETE

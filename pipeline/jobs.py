@@ -12,19 +12,27 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline import atomic, sources
-from pipeline.manifest import MANIFEST, Manifest, ShardRecord
+from pipeline.manifest import (
+    Manifest,
+    ShardRecord,
+    claim_out_dir,
+    read_slice_records,
+    verify_shards,
+    write_slice_records,
+)
 from pipeline.progress import Progress
 from pipeline.shards import SUFFIX, write_shard
 from pipeline.tokenizer import (
     DEFAULT_PATTERN,
     DEFAULT_VOCAB_SIZE,
+    METADATA_JSON,
     SPECIAL_TOKENS,
     Tokenizer,
     UnencodableError,
@@ -116,7 +124,27 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {"tokenizer": str(self.tokenizer_dir), "vocab_size": self.vocab_size,
                 "sample_documents": self.sample_documents, "sample_bytes": self.sample_bytes,
-                "seconds": round(self.seconds, 2), "sha256": self.sha256}
+                "seconds": round(self.seconds, 2), "sha256": self.sha256, "reused": self.reused}
+
+    reused: bool = False
+
+
+def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: int, sample_bytes: int, pattern: str,
+                       seed: int, text_column: str, id_column: str) -> TrainResult | None:
+    """The tokenizer an earlier `tokshard run` trained with exactly these settings, or None: training is
+    deterministic, so resuming a run need not train again."""
+    if not (tokenizer_dir / METADATA_JSON).is_file():
+        return None
+    tok = Tokenizer.load(tokenizer_dir)
+    t = tok.metadata.get("training") or {}
+    wanted = {"source": source or "bundled-sample", "sample_bytes_limit": sample_bytes, "seed": seed,
+              "text_column": text_column, "id_column": id_column}
+    if tok.vocab_size != vocab_size or tok.pattern != resolve_pattern(pattern)[1]:
+        return None
+    if any(t.get(k) != v for k, v in wanted.items()):
+        return None
+    return TrainResult(tokenizer_dir, tok.vocab_size, t.get("sample_documents", 0), t.get("sample_bytes", 0), 0.0,
+                       tok.sha256, reused=True)
 
 
 def train_tokenizer(
@@ -141,7 +169,10 @@ def train_tokenizer(
     pattern_name, regex = resolve_pattern(pattern)
     t0 = time.time()
     files = sources.resolve_files(source)
-    slices = sources.plan_slices(files, text_column)
+    plan = sources.plan_slices(files, text_column)
+    if plan.problems:
+        raise sources.SourceError("cannot sample the source for training: " + "; ".join(plan.problems))
+    slices = plan.slices
     total = sum(s.text_bytes_estimate for s in slices)
     fraction = min(1.0, sample_bytes / max(total, 1))
     with ray_session(address, workers):
@@ -160,7 +191,8 @@ def train_tokenizer(
     seconds = time.time() - t0
     training = {"source": source or "bundled-sample", "files": len(files), "sample_documents": n_docs,
                 "sample_bytes": n_bytes, "sample_bytes_limit": sample_bytes, "max_doc_chars": MAX_SAMPLE_DOC_CHARS,
-                "seed": seed, "trainer": "rustbpe", "seconds": round(seconds, 3),
+                "seed": seed, "text_column": text_column, "id_column": id_column, "trainer": "rustbpe",
+                "seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out_dir = tok.save(out, training=training)
     return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256)
@@ -202,8 +234,16 @@ def encode_slice(
     id_column: str,
     progress: Any = None,
 ) -> list[dict[str, Any]]:
-    """Encode one slice into `train/` and `val/` shards named after the slice; return their records."""
+    """Encode one slice into `train/` and `val/` shards named after the slice; return their records and whether
+    they were kept from an earlier run (its sidecar matches this slice and every shard verifies)."""
     t0 = time.time()
+    out = Path(out_dir)
+    info = asdict(piece)
+    done = read_slice_records(out, piece.name)
+    if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
+        if progress is not None:
+            progress.add.remote(*(sum(r[k] for r in done["shards"]) for k in ("documents", "tokens", "text_bytes")))
+        return done["shards"], True
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
     buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
     for batch in sources.iter_batches(piece, text_column, id_column):
@@ -227,17 +267,18 @@ def encode_slice(
         lengths = np.concatenate(buf.lengths)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        rel = f"{split}/shard-{piece.index:06d}{SUFFIX}"
+        rel = f"{split}/shard-{piece.name}{SUFFIX}"
         written = write_shard(Path(out_dir) / rel, buf.ids, np.concatenate(buf.tokens), offsets,
                               tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
         seconds = time.time() - t0
         records.append(ShardRecord(
-            path=rel, split=split, source=piece.path, slice=piece.index, row_groups=[piece.rg_start, piece.rg_end],
+            path=rel, split=split, source=piece.path, slice=piece.name, row_groups=[piece.rg_start, piece.rg_end],
             rows=[piece.row_start, piece.row_end], documents=written.documents, tokens=written.tokens,
             text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
             tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(),
         ).to_dict())
-    return records
+    write_slice_records(out, piece.name, info, records)
+    return records, False
 
 
 @dataclass
@@ -246,6 +287,8 @@ class EncodeResult:
     out_dir: Path
     seconds: float
     errors: list[str]
+    slices_encoded: int = 0
+    slices_kept: int = 0
 
     @property
     def complete(self) -> bool:
@@ -258,6 +301,7 @@ class EncodeResult:
                 "documents": allt["documents"], "tokens": allt["tokens"], "text_bytes": allt["text_bytes"],
                 "bytes_per_token": allt["bytes_per_token"], "shards": len(self.manifest.shards),
                 "seconds": round(self.seconds, 2), "tokens_per_s": round(allt["tokens"] / max(self.seconds, 1e-9)),
+                "slices_encoded": self.slices_encoded, "slices_kept": self.slices_kept,
                 "splits": {k: v for k, v in totals.items() if k != "all"}}
 
 
@@ -273,21 +317,30 @@ def encode(
     slice_bytes: int = sources.DEFAULT_SLICE_BYTES,
     address: str | None = None,
     show_progress: bool | None = None,
+    limit_docs: int | None = None,
+    limit_files: int | None = None,
 ) -> EncodeResult:
-    """Encode every document of `source` into shards under `out`, one Ray task per slice."""
+    """Encode every document of `source` into shards under `out`, one Ray task per slice.
+
+    Re-running into the same `out` keeps every slice whose shards verify and encodes only the rest; `out` made by
+    another run (tokenizer, files, columns, split or slicing) is refused before anything is touched."""
     import ray
 
     if not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    for name, limit in (("--limit-docs", limit_docs), ("--limit-files", limit_files)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be at least 1, got {limit}")
     t0 = time.time()
     out_dir = Path(out).absolute()
     tok = Tokenizer.load(tokenizer_dir)
-    existing = Manifest.read(out_dir) if (out_dir / MANIFEST).is_file() else None
-    if existing is not None and existing.tokenizer["sha256"] != tok.sha256:
-        raise ValueError(f"{out_dir} holds shards made with tokenizer {existing.tokenizer['sha256'][:12]}…, "
-                         f"not {tok.sha256[:12]}…; choose another --out or delete that directory")
-    files = sources.resolve_files(source)
-    slices = sources.plan_slices(files, text_column, slice_bytes)
+    files = sources.resolve_files(source)[:limit_files]
+    plan = sources.plan_slices(files, text_column, slice_bytes, limit_docs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_out_dir(out_dir, {"tokenizer_sha256": tok.sha256, "files": files, "text_column": text_column,
+                            "id_column": id_column, "val_fraction": val_fraction, "slice_bytes": slice_bytes,
+                            "limit_docs": limit_docs})
+    _refuse_changed_files(out_dir, plan.slices)
     local_tok = out_dir / "tokenizer"
     if Path(tokenizer_dir).absolute() != local_tok:
         copy_tokenizer(Path(tokenizer_dir), local_tok)
@@ -296,12 +349,13 @@ def encode(
         atomic.remove_stale_temporaries(out_dir / split)
 
     records: list[dict[str, Any]] = []
-    errors: list[str] = []
+    errors: list[str] = list(plan.problems)
+    kept = failed = 0
     with ray_session(address, workers):
         max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
-        progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in slices), show=show_progress)
-        pending = list(reversed(slices))
+        progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
+        pending = list(reversed(plan.slices))
         in_flight: dict[Any, sources.Slice] = {}
         try:
             while pending or in_flight:
@@ -314,17 +368,33 @@ def encode(
                 for ref in done:
                     s = in_flight.pop(ref)
                     try:
-                        records.extend(ray.get(ref))
+                        slice_records, was_kept = ray.get(ref)
                     except Exception as e:
                         errors.append(_task_error(s, e))
+                        failed += 1
+                        continue
+                    records.extend(slice_records)
+                    kept += was_kept
                 progress.update()
         finally:
             progress.close()
+    for split in ("train", "val"):  # what attempts on lost workers left behind
+        atomic.remove_stale_temporaries(out_dir / split)
 
     records.sort(key=lambda r: (r["split"], r["path"]))
     manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, errors)
     manifest.write(out_dir)
-    return EncodeResult(manifest, out_dir, time.time() - t0, errors)
+    return EncodeResult(manifest, out_dir, time.time() - t0, errors, len(plan.slices) - kept - failed, kept)
+
+
+def _refuse_changed_files(out_dir: Path, slices: list[sources.Slice]) -> None:
+    changed = sorted({s.path for s in slices
+                      if (done := read_slice_records(out_dir, s.name)) is not None
+                      and done["slice"].get("file_fingerprint") != s.file_fingerprint})
+    if changed:
+        raise ValueError(f"{len(changed)} source file(s) changed since {out_dir} was written (their parquet footers "
+                         f"differ), e.g. {changed[0]}; resuming would mix two versions: choose another --out, or "
+                         "delete that directory to start over")
 
 
 def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:

@@ -1,8 +1,13 @@
-"""The manifest of an encode run (`OUT/manifest.json`): what was encoded, with what, into which shards.
+"""The record of an encode run: what was encoded, with what, into which shards -- and what is already done.
 
-It lists every shard with its split, source file and row range, documents, tokens, UTF-8 bytes of text, size and
-sha256, plus the per-shard time, throughput and worker, and totals per split. `tokshard inspect` verifies shards
-against it; the trainer reads the tokenizer sha256 from it.
+`OUT/manifest.json` lists every shard with its split, source file and row range, documents, tokens, UTF-8 bytes of
+text, size and sha256, plus the per-shard time, throughput and worker, and totals per split. `tokshard inspect`
+verifies shards against it; the trainer reads the tokenizer sha256 from it. It is written last.
+
+Resuming needs a record that exists before the end: `OUT/run.json` (written first) pins what the directory is
+for -- tokenizer, source files, columns, split, slicing -- so a re-run with anything else is refused, and
+`OUT/slices/<slice>.json` (written by each task after its shards) holds that slice's shard records, so a re-run
+verifies and keeps finished slices and redoes only the rest, even after the driver was killed.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pipeline.tokenizer import Tokenizer, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tokshard-manifest/1"
+RUN_SPEC = "run.json"
+RUN_SPEC_FORMAT = "tokshard-run/1"
+SLICES_DIR = "slices"
 
 
 @dataclass
@@ -113,15 +121,7 @@ class Manifest:
     def verify(self, out_dir: str | Path) -> list[str]:
         """Check every shard's size and sha256 and the tokenizer copy; return the problems found."""
         out = Path(out_dir)
-        problems = []
-        for rec in self.shards:
-            p = out / rec["path"]
-            if not p.is_file():
-                problems.append(f"{rec['path']}: missing")
-            elif p.stat().st_size != rec["size"]:
-                problems.append(f"{rec['path']}: size {p.stat().st_size}, manifest says {rec['size']}")
-            elif sha256_file(p) != rec["sha256"]:
-                problems.append(f"{rec['path']}: sha256 differs from the manifest (file corrupted or replaced)")
+        problems = verify_shards(out, self.shards)
         tok_json = out / self.tokenizer["path"] / "tokenizer.json"
         if not tok_json.is_file():
             problems.append(f"{tok_json}: missing")
@@ -133,3 +133,71 @@ class Manifest:
                 if f"{split}/{p.name}" not in listed:
                     problems.append(f"{split}/{p.name}: not listed in the manifest")
         return problems
+
+
+def verify_shards(out_dir: Path, records: list[dict[str, Any]]) -> list[str]:
+    """Problems of the shards `records` describe: missing, wrong size, wrong sha256."""
+    problems = []
+    for rec in records:
+        p = out_dir / rec["path"]
+        if not p.is_file():
+            problems.append(f"{rec['path']}: missing")
+        elif p.stat().st_size != rec["size"]:
+            problems.append(f"{rec['path']}: size {p.stat().st_size}, manifest says {rec['size']}")
+        elif sha256_file(p) != rec["sha256"]:
+            problems.append(f"{rec['path']}: sha256 differs from the manifest (file corrupted or replaced)")
+    return problems
+
+
+def claim_out_dir(out_dir: Path, spec: dict[str, Any]) -> None:
+    """Write `run.json` for a new OUT, or check that an existing one describes the same run.
+
+    Everything in `spec` decides which documents land in which shard, so any difference would mix two runs."""
+    path = out_dir / RUN_SPEC
+    spec = {"format": RUN_SPEC_FORMAT, **spec}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); delete {out_dir} or choose another --out") from e
+        changed = [k for k in sorted(set(spec) | set(old)) if spec.get(k) != old.get(k)]
+        if changed:
+            details = "; ".join(f"{_LABELS.get(k, k)} {_short(old.get(k))} -> {_short(spec.get(k))}" for k in changed)
+            raise ValueError(f"{out_dir} belongs to another run ({details}). Resuming would mix the two: choose "
+                             "another --out, or delete that directory to start over")
+        return
+    if (out_dir / MANIFEST).is_file():
+        old_sha = Manifest.read(out_dir).tokenizer["sha256"]
+        if old_sha != spec.get("tokenizer_sha256"):
+            raise ValueError(f"{out_dir} holds shards made with tokenizer {old_sha[:12]}…, not "
+                             f"{str(spec.get('tokenizer_sha256'))[:12]}…; choose another --out or delete it")
+    atomic.write_json(path, spec)
+
+
+_LABELS = {"tokenizer_sha256": "tokenizer", "files": "source files", "text_column": "--text-column",
+           "id_column": "--id-column", "val_fraction": "--val-fraction", "slice_bytes": "--slice-mb",
+           "limit_docs": "--limit-docs"}
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a sha256
+        return value[:12] + "…"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def slice_record_path(out_dir: Path, slice_name: str) -> Path:
+    return out_dir / SLICES_DIR / f"{slice_name}.json"
+
+
+def write_slice_records(out_dir: Path, slice_name: str, slice_info: dict[str, Any],
+                        records: list[dict[str, Any]]) -> None:
+    atomic.write_json(slice_record_path(out_dir, slice_name), {"slice": slice_info, "shards": records})
+
+
+def read_slice_records(out_dir: Path, slice_name: str) -> dict[str, Any] | None:
+    """The sidecar of a finished slice, or None when there is none (or it is unreadable: redo the slice)."""
+    try:
+        return json.loads(slice_record_path(out_dir, slice_name).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

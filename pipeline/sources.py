@@ -50,12 +50,13 @@ def resolve_files(source: str | None) -> list[str]:
         return [bundled_sample()]
     if "://" not in source:
         p = Path(source)
+        # Absolute paths: the same files from another working directory are the same source when resuming.
         if p.is_dir():
-            files = sorted(str(f) for f in p.rglob("*.parquet"))
+            files = sorted(str(f.absolute()) for f in p.rglob("*.parquet"))
         elif any(c in source for c in "*?["):
-            files = sorted(glob.glob(source, recursive=True))
+            files = sorted(os.path.abspath(f) for f in glob.glob(source, recursive=True))
         elif p.is_file():
-            files = [str(p)]
+            files = [str(p.absolute())]
         else:
             raise SourceError(f"source {source!r} does not exist")
         if not files:
@@ -88,15 +89,36 @@ def open_parquet(path: str) -> pq.ParquetFile:
 
 @dataclass(frozen=True)
 class Slice:
-    """Row groups [rg_start, rg_end) of one file; rows [row_start, row_end) are the file-level row numbers."""
+    """Row groups [rg_start, rg_end) of one file; rows [row_start, row_end) are the file-level row numbers
+    (row_end may stop inside the last row group under --limit-docs).
 
-    index: int
+    A slice is named by its file's position in the sorted file list and its number within that file, so a file
+    that failed and was fixed, or a trial run with fewer documents, does not rename any other slice's shards.
+    `file_fingerprint` summarises the file's parquet footer: resuming over a changed file is refused.
+    """
+
+    file_index: int
+    number: int
     path: str
     rg_start: int
     rg_end: int
     row_start: int
     row_end: int
     text_bytes_estimate: int
+    file_fingerprint: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.file_index:05d}-{self.number:04d}"
+
+
+@dataclass
+class Plan:
+    """The slices of a run, and the files that could not be planned (each message names the file)."""
+
+    files: list[str]
+    slices: list[Slice]
+    problems: list[str]
 
 
 def _text_column_bytes(md: pq.FileMetaData, rg: int, text_column: str) -> int:
@@ -108,25 +130,63 @@ def _text_column_bytes(md: pq.FileMetaData, rg: int, text_column: str) -> int:
     return group.total_byte_size
 
 
-def plan_slices(
-    files: list[str], text_column: str = DEFAULT_TEXT_COLUMN, slice_bytes: int = DEFAULT_SLICE_BYTES
-) -> list[Slice]:
-    """Group each file's consecutive row groups into slices of about `slice_bytes` uncompressed text."""
+def _check_text_column(path: str, schema: pa.Schema, text_column: str) -> None:
+    if text_column not in schema.names:
+        raise SourceError(f"{path}: no column {text_column!r} (columns: {', '.join(schema.names)}); "
+                          "pass --text-column")
+    text_type = schema.field(text_column).type
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+        raise SourceError(f"{path}: column {text_column!r} is {text_type}, not a string column")
+
+
+def _footer_fingerprint(md: pq.FileMetaData) -> str:
+    groups = [(md.row_group(i).num_rows, md.row_group(i).total_byte_size) for i in range(md.num_row_groups)]
+    return hashlib.sha256(repr((md.num_rows, md.serialized_size, groups)).encode()).hexdigest()[:16]
+
+
+def _plan_file(file_index: int, path: str, text_column: str, slice_bytes: int, row_budget: int | None
+               ) -> list[Slice]:
+    pf = open_parquet(path)
+    md = pf.metadata
+    _check_text_column(path, pf.schema_arrow, text_column)
+    fingerprint = _footer_fingerprint(md)
     slices: list[Slice] = []
-    for path in files:
-        pf = open_parquet(path)
-        md = pf.metadata
-        if text_column not in pf.schema_arrow.names:
-            raise SourceError(f"{path}: no column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)}); "
-                              "pass --text-column")
-        start, row, acc, start_row = 0, 0, 0, 0
-        for rg in range(md.num_row_groups):
-            acc += _text_column_bytes(md, rg, text_column)
-            row += md.row_group(rg).num_rows
-            if acc >= slice_bytes or rg == md.num_row_groups - 1:
-                slices.append(Slice(len(slices), path, start, rg + 1, start_row, row, acc))
-                start, acc, start_row = rg + 1, 0, row
+    start, row, acc, start_row = 0, 0, 0, 0
+    for rg in range(md.num_row_groups):
+        acc += _text_column_bytes(md, rg, text_column)
+        row += md.row_group(rg).num_rows
+        stop = row_budget is not None and row >= row_budget
+        if acc >= slice_bytes or rg == md.num_row_groups - 1 or stop:
+            end_row = min(row, row_budget) if row_budget is not None else row
+            slices.append(Slice(file_index, len(slices), path, start, rg + 1, start_row, end_row, acc, fingerprint))
+            start, acc, start_row = rg + 1, 0, row
+        if stop:
+            break
     return slices
+
+
+def plan_slices(
+    files: list[str],
+    text_column: str = DEFAULT_TEXT_COLUMN,
+    slice_bytes: int = DEFAULT_SLICE_BYTES,
+    limit_docs: int | None = None,
+) -> Plan:
+    """Group each file's consecutive row groups into slices of about `slice_bytes` uncompressed text.
+
+    A file that cannot be read or lacks a string text column becomes a problem of the plan, not an exception:
+    the other files still run. `limit_docs` keeps only the first documents (in file order), for trial runs.
+    """
+    slices: list[Slice] = []
+    problems: list[str] = []
+    for file_index, path in enumerate(files):
+        budget = None if limit_docs is None else limit_docs - sum(s.row_end - s.row_start for s in slices)
+        if budget is not None and budget <= 0:
+            break
+        try:
+            slices += _plan_file(file_index, path, text_column, slice_bytes, budget)
+        except SourceError as e:
+            problems.append(str(e))
+    return Plan(files, slices, problems)
 
 
 @dataclass
@@ -159,11 +219,7 @@ def iter_batches(
     """Stream a slice one row group at a time. Null or non-string texts are an error naming file and row."""
     pf = open_parquet(piece.path)
     names = pf.schema_arrow.names
-    if text_column not in names:
-        raise SourceError(f"{piece.path}: no column {text_column!r} (columns: {', '.join(names)})")
-    text_type = pf.schema_arrow.field(text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-        raise SourceError(f"{piece.path}: column {text_column!r} is {text_type}, not a string column")
+    _check_text_column(piece.path, pf.schema_arrow, text_column)
     columns = [text_column] + ([id_column] if id_column in names else [])
     row = piece.row_start
     name = os.path.basename(piece.path)
@@ -172,7 +228,12 @@ def iter_batches(
             table = pf.read_row_group(rg, columns=columns)
         except (OSError, pa.ArrowInvalid) as e:
             raise SourceError(f"{piece.path}: row group {rg} cannot be read ({e})") from e
-        texts = table.column(text_column).to_pylist()
+        if row + table.num_rows > piece.row_end:  # --limit-docs ends this slice inside a row group
+            table = table.slice(0, piece.row_end - row)
+        try:
+            texts = table.column(text_column).to_pylist()
+        except UnicodeDecodeError:
+            raise SourceError(_invalid_utf8_message(piece.path, table.column(text_column), row, text_column)) from None
         if table.column(text_column).null_count:
             bad = next(i for i, t in enumerate(texts) if t is None)
             raise SourceError(f"{piece.path}: row {row + bad} has a null {text_column!r}; drop or fill it")
@@ -183,6 +244,16 @@ def iter_batches(
             ids = [f"{name}#{row + i}" for i in range(len(texts))]
         yield Batch(ids=ids, texts=texts, first_row=row, utf8=_utf8_view(table.column(text_column)))
         row += len(texts)
+
+
+def _invalid_utf8_message(path: str, column: pa.ChunkedArray, first_row: int, text_column: str) -> str:
+    for i, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
+        try:
+            (raw or b"").decode("utf-8")
+        except UnicodeDecodeError as e:
+            return (f"{path}: row {first_row + i}: {text_column!r} is not valid UTF-8 (byte {raw[e.start]:#04x} at "
+                    f"offset {e.start}); repair or drop that row")
+    return f"{path}: rows from {first_row}: {text_column!r} is not valid UTF-8"
 
 
 def id_fraction(doc_id: str, salt: str = "") -> float:

@@ -65,7 +65,7 @@ def test_run_refuses_an_outdir_of_another_tokenizer(run_out, corpus_dir):
     before = (out / "tokenizer" / "tokenizer.json").read_bytes()
     proc = tokshard("run", "--source", str(corpus_dir), "--out", str(out), "--vocab-size", "700", "--no-progress",
                     check=False)
-    assert proc.returncode == 2 and "another tokenizer" in proc.stderr
+    assert proc.returncode == 2 and "belongs to another run (tokenizer " in proc.stderr
     assert (out / "tokenizer" / "tokenizer.json").read_bytes() == before
     assert [p.name for p in out.iterdir() if p.name.startswith("tmp")] == []
 

@@ -72,9 +72,9 @@ def test_manifest_records_every_shard(encoded, corpus_dir):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is True
     assert manifest["tokenizer"]["sha256"] == Tokenizer.load(out / "tokenizer").sha256
-    slices = sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=100_000)
+    slices = sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=100_000).slices
     assert len(slices) > 3  # several slices per file: one file spreads over several tasks
-    assert {r["slice"] for r in manifest["shards"] if r["split"] == "train"} == {s.index for s in slices}
+    assert {r["slice"] for r in manifest["shards"] if r["split"] == "train"} == {s.name for s in slices}
     for rec in manifest["shards"]:
         assert rec["source"].endswith(".parquet") and rec["rows"][0] < rec["rows"][1]
         assert rec["documents"] > 0 and rec["tokens"] > rec["documents"] and rec["sha256"]
@@ -138,3 +138,80 @@ def test_vocabulary_the_sample_cannot_fill_is_a_clear_error(tmp_path, ray_cluste
     with pytest.raises(ValueError, match=r"only enough distinct pairs for a \d+-token vocabulary, not 4,096"):
         jobs.train_tokenizer(str(src), tmp_path / "tok", vocab_size=4096)
     assert not (tmp_path / "tok").exists()
+
+
+def _encode(src, tok_dir, out, **kw):
+    return jobs.encode(str(src), tok_dir, out, val_fraction=0.1, slice_bytes=100_000, show_progress=False, **kw)
+
+
+def _shard_bytes(out) -> dict[str, bytes]:
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(out.glob("*/shard-*.arrow"))}
+
+
+def test_rerun_keeps_verified_slices_and_redoes_only_the_broken(encoded, corpus_dir, small_tokenizer_dir, tmp_path):
+    import shutil
+
+    _, ref = encoded
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    again = _encode(corpus_dir, small_tokenizer_dir, out)
+    assert again.complete and again.slices_encoded == 0 and again.slices_kept > 3
+    shards = sorted(out.glob("train/shard-*.arrow"))
+    shards[0].unlink()  # lost
+    with open(shards[1], "r+b") as f:  # bit rot: same size, other bytes
+        f.seek(200)
+        f.write(b"\xff\xff")
+    (out / "manifest.json").unlink()
+    fixed = _encode(corpus_dir, small_tokenizer_dir, out)
+    assert fixed.complete and fixed.slices_encoded == 2 and fixed.slices_kept == again.slices_kept - 2
+    assert _shard_bytes(out) == _shard_bytes(ref)
+    assert Manifest.read(out).verify(out) == []
+
+
+def test_rerun_with_other_settings_or_changed_files_is_refused(encoded, corpus_dir, small_tokenizer_dir, tmp_path):
+    import shutil
+
+    _, ref = encoded
+    out = tmp_path / "out"
+    shutil.copytree(ref, out)
+    with pytest.raises(ValueError, match=r"belongs to another run \(--val-fraction 0.1 -> 0.2\)"):
+        jobs.encode(str(corpus_dir), small_tokenizer_dir, out, val_fraction=0.2, slice_bytes=100_000)
+    src = tmp_path / "src"
+    shutil.copytree(corpus_dir, src)
+    with pytest.raises(ValueError, match=r"belongs to another run \(source files"):
+        _encode(src, small_tokenizer_dir, out)
+    # Same paths, other content: the footer fingerprint in each finished slice's record catches it.
+    shutil.copytree(ref, tmp_path / "out2")
+    run = json.loads((tmp_path / "out2" / "run.json").read_text())
+    run["files"] = [str(src / p.rsplit("/", 1)[1]) for p in run["files"]]
+    (tmp_path / "out2" / "run.json").write_text(json.dumps(run))
+    pq.write_table(pq.read_table(src / "part-02.parquet").slice(0, 10), src / "part-02.parquet")
+    with pytest.raises(ValueError, match=r"source file\(s\) changed .*part-02\.parquet"):
+        _encode(src, small_tokenizer_dir, tmp_path / "out2")
+    assert _shard_bytes(tmp_path / "out2") == _shard_bytes(ref)  # refused before touching anything
+
+
+def test_a_fixed_bad_file_is_encoded_on_the_next_run(corpus_dir, small_tokenizer_dir, tmp_path, ray_cluster):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus_dir, src)
+    good = (src / "part-01.parquet").read_bytes()
+    (src / "part-01.parquet").write_bytes(good[: len(good) // 2])  # truncated
+    first = _encode(src, small_tokenizer_dir, tmp_path / "out")
+    assert not first.complete and any("part-01.parquet" in e for e in first.errors), first.errors
+    assert {r["source"] for r in first.manifest.shards} == {str(src / "part-00.parquet"), str(src / "part-02.parquet")}
+    (src / "part-01.parquet").write_bytes(good)
+    second = _encode(src, small_tokenizer_dir, tmp_path / "out")
+    assert second.complete and second.slices_kept == first.slices_encoded and second.slices_encoded > 0
+    ids = [doc_id for _, doc_id, _ in _shard_rows(tmp_path / "out")]
+    assert Counter(ids) == Counter(_source_docs(corpus_dir).keys())
+
+
+def test_limits_for_trial_runs(corpus_dir, small_tokenizer_dir, tmp_path, ray_cluster):
+    result = _encode(corpus_dir, small_tokenizer_dir, tmp_path / "docs", limit_docs=300)
+    assert result.complete and result.manifest.totals()["all"]["documents"] == 300
+    result = _encode(corpus_dir, small_tokenizer_dir, tmp_path / "files", limit_files=1)
+    assert {r["source"] for r in result.manifest.shards} == {str(corpus_dir / "part-00.parquet")}
+    with pytest.raises(ValueError, match="--limit-docs must be at least 1"):
+        _encode(corpus_dir, small_tokenizer_dir, tmp_path / "zero", limit_docs=0)

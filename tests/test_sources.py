@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -41,9 +43,9 @@ def test_missing_source_is_a_clear_error(bad):
 
 def test_slices_cover_every_row_group_once(tmp_path):
     path = write_parquet(tmp_path / "a.parquet", [f"document {i} " * 50 for i in range(1000)], row_group_size=100)
-    slices = sources.plan_slices([str(path)], slice_bytes=60_000)
+    slices = sources.plan_slices([str(path)], slice_bytes=60_000).slices
     assert len(slices) > 2
-    assert [s.index for s in slices] == list(range(len(slices)))
+    assert [s.name for s in slices] == [f"00000-{i:04d}" for i in range(len(slices))]
     assert slices[0].rg_start == 0 and slices[-1].rg_end == 10 and slices[-1].row_end == 1000
     for a, b in itertools.pairwise(slices):
         assert a.rg_end == b.rg_start and a.row_end == b.row_start
@@ -54,20 +56,49 @@ def test_slices_cover_every_row_group_once(tmp_path):
 def test_missing_text_column_names_file_and_columns(tmp_path):
     path = tmp_path / "x.parquet"
     pq.write_table(pa.table({"content": ["a"]}), path)
-    with pytest.raises(sources.SourceError, match=r"x\.parquet: no column 'text' \(columns: content\)"):
-        sources.plan_slices([str(path)])
+    good = write_parquet(tmp_path / "y.parquet", ["fine"])
+    plan = sources.plan_slices([str(path), str(good)])
+    assert [s.path for s in plan.slices] == [str(good)] and plan.slices[0].file_index == 1  # the others still run
+    (problem,) = plan.problems
+    assert re.search(r"x\.parquet: no column 'text' \(columns: content\)", problem)
+
+
+def test_non_string_text_column_is_a_problem_of_its_file(tmp_path):
+    path = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"text": [1, 2]}), path)
+    assert "ints.parquet: column 'text' is int64, not a string column" in sources.plan_slices([str(path)]).problems[0]
+
+
+def test_invalid_utf8_names_file_and_row(tmp_path):
+    data = b"good" + b"also good" + b"bad \xff\xfe here"
+    offsets = np.array([0, 4, 13, len(data)], dtype=np.int32)
+    column = pa.Array.from_buffers(pa.string(), 3, [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
+    path = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"text": column}), path)
+    (s,) = sources.plan_slices([str(path)]).slices
+    with pytest.raises(sources.SourceError, match=r"raw\.parquet: row 2: 'text' is not valid UTF-8 \(byte 0xff"):
+        list(sources.iter_batches(s))
+
+
+def test_limit_docs_stops_inside_a_row_group(tmp_path):
+    a = write_parquet(tmp_path / "a.parquet", [f"a{i}" for i in range(100)], row_group_size=30)
+    b = write_parquet(tmp_path / "b.parquet", [f"b{i}" for i in range(100)], row_group_size=30)
+    plan = sources.plan_slices([str(a), str(b)], slice_bytes=1, limit_docs=145)
+    texts = [t for s in plan.slices for batch in sources.iter_batches(s) for t in batch.texts]
+    assert texts == [f"a{i}" for i in range(100)] + [f"b{i}" for i in range(45)]
+    assert plan.slices[-1].name == "00001-0001" and plan.slices[-1].row_end == 45
 
 
 def test_ids_fall_back_to_file_and_row(tmp_path):
     path = tmp_path / "noid.parquet"
     pq.write_table(pa.table({"text": ["a", "b", "c"]}), path)
-    (s,) = sources.plan_slices([str(path)])
+    (s,) = sources.plan_slices([str(path)]).slices
     assert next(sources.iter_batches(s)).ids == ["noid.parquet#0", "noid.parquet#1", "noid.parquet#2"]
 
 
 def test_null_text_names_file_and_row(tmp_path):
     path = write_parquet(tmp_path / "n.parquet", ["a", "b", None, "d"], row_group_size=2)  # type: ignore[list-item]
-    (s,) = sources.plan_slices([str(path)])
+    (s,) = sources.plan_slices([str(path)]).slices
     with pytest.raises(sources.SourceError, match=r"n\.parquet: row 2 has a null 'text'"):
         list(sources.iter_batches(s))
 
@@ -75,8 +106,8 @@ def test_null_text_names_file_and_row(tmp_path):
 def test_corrupt_parquet_is_a_clear_error(tmp_path):
     path = tmp_path / "bad.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(sources.SourceError, match="bad.parquet: not a readable parquet file"):
-        sources.plan_slices([str(path)])
+    (problem,) = sources.plan_slices([str(path)]).problems
+    assert "bad.parquet: not a readable parquet file" in problem
 
 
 def test_split_hash_is_stable_and_roughly_uniform():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -242,7 +243,7 @@ def test_long_documents_go_through_chunks_with_the_same_ids(small_tokenizer, mon
     monkeypatch.setattr(tokenizer_module, "CHUNK_CHARS", 1000)
     assert len(list(piece_aligned_chunks(long_doc))) > 10
     flat, offsets = small_tokenizer.encode_to_array(batch, utf8=utf8_buffer(batch))
-    assert [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)] == expected
+    assert [flat[a:b].tolist() for a, b in itertools.pairwise(offsets)] == expected
 
 
 def test_whitespace_run_that_overflows_tiktoken_falls_back_to_the_reference(small_tokenizer, small_tokenizer_dir):

@@ -9,10 +9,13 @@ Exit codes: 0 done, 1 the run finished incomplete or verification found problems
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -65,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a sample of SRC")
-    p.set_defaults(func=cmd_train_tokenizer)
+    p.set_defaults(func=_json_only_on_stdout(cmd_train_tokenizer))
     _add_source(p, required=True)
     p.add_argument("--out", required=True, help="tokenizer directory to write")
     _add_training(p)
     _add_ray(p)
 
     p = sub.add_parser("encode", help="encode SRC into token shards")
-    p.set_defaults(func=cmd_encode)
+    p.set_defaults(func=_json_only_on_stdout(cmd_encode))
     _add_source(p, required=True)
     p.add_argument("--tokenizer", required=True, help="tokenizer directory")
     p.add_argument("--out", required=True, help="output directory")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray(p)
 
     p = sub.add_parser("run", help="the main job: train a tokenizer on a sample, then encode everything")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=_json_only_on_stdout(cmd_run))
     _add_source(p, required=False)
     p.add_argument("--out", required=True, help="output directory (tokenizer in OUT/tokenizer)")
     _add_training(p)
@@ -90,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise and verify a shard directory or a tokenizer directory")
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=_json_only_on_stdout(cmd_inspect))
     _add_plugin_commands(sub)
     return parser
 
@@ -109,9 +112,22 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
 
 def _print(args: argparse.Namespace, summary: dict[str, Any], lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2), file=getattr(args, "stdout", sys.stdout))
     else:
         print("\n".join(lines))
+
+
+def _json_only_on_stdout(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """With --json, stdout carries the JSON summary alone: Ray prints worker and raylet messages (a lost worker, a
+    retried task) to the driver's stdout, so while the command runs they are sent to stderr."""
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        if not getattr(args, "json", False):
+            return cmd(args)
+        args.stdout = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            return cmd(args)
+    return run
 
 
 def _encode_lines(s: dict[str, Any]) -> list[str]:

@@ -6,9 +6,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from tests.local_cluster import LocalCluster
 
 
 def tokshard(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -78,38 +79,14 @@ def test_usage_errors_name_the_problem(tmp_path):
     assert proc.returncode == 2 and "neither" in proc.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def external_ray(tmp_path_factory):
-    """A Ray head started with `ray start --block` on loopback, stopped by killing its process group."""
-    import signal
-    import tempfile
-    import time
-
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def external_ray():
+    """A Ray head started with `ray start --block` on loopback; every process it started is stopped after."""
+    cluster = LocalCluster(head_cpus=2)
     try:
-        deadline = time.time() + 60
-        while not list(Path(temp_dir).glob("session_*/sockets/raylet")):
-            assert proc.poll() is None, "ray start exited early"
-            assert time.time() < deadline, "Ray head did not come up in 60 s"
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        yield cluster.address
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        cluster.stop()
 
 
 def test_encode_joins_an_existing_cluster(external_ray, corpus_dir, run_out, tmp_path):

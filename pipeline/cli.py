@@ -244,6 +244,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_INCOMPLETE if problems else 0
 
 
+def main_on_cluster(command: str, argv: list[str]) -> int:
+    """What the `ray submit` scripts in deploy/jobs run: `command` joining the cluster they run on (--address auto)
+    unless the arguments name another address."""
+    joins = any(a == "--address" or a.startswith("--address=") for a in argv)
+    return main([command, *argv] if joins else [command, "--address", "auto", *argv])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -61,6 +61,7 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
         return
     # riptoken's batch encoder uses rayon's global pool: one thread per task, Ray does the parallelism.
     runtime_env = {"env_vars": {"RAYON_NUM_THREADS": "1"}}
+    address = address or os.environ.get("RAY_ADDRESS")  # set for the entrypoint of `ray job submit`
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

@@ -64,14 +64,20 @@ def resolve_files(source: str | None) -> list[str]:
         return files
     fs, path = _filesystem(source)
     protocol = source.split("://", 1)[0]
-    if any(c in path for c in "*?["):
-        found = fs.glob(path)
-    elif fs.isdir(path):
-        found = [f for f in fs.find(path) if f.endswith(".parquet")]
-    elif fs.exists(path):
-        found = [path]
-    else:
-        raise SourceError(f"source {source!r} does not exist or cannot be reached")
+    try:
+        if any(c in path for c in "*?["):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = [f for f in fs.find(path) if f.endswith(".parquet")]
+        elif fs.exists(path):
+            found = [path]
+        else:
+            raise SourceError(f"source {source!r} does not exist or cannot be reached")
+    except SourceError:
+        raise
+    except Exception as e:  # network, auth and offline errors come in many types, one per filesystem package
+        raise SourceError(f"cannot list {source}: {type(e).__name__}: {e}. Check the URL, the network and the "
+                          "credentials (for hf://, HF_TOKEN; HF_HUB_OFFLINE=1 forbids the hub)") from e
     if not found:
         raise SourceError(f"source {source!r} holds no .parquet files")
     return sorted(f"{protocol}://{f}" if "://" not in f else f for f in found)
@@ -85,6 +91,8 @@ def open_parquet(path: str) -> pq.ParquetFile:
         return pq.ParquetFile(path, memory_map=True)
     except (OSError, pa.ArrowInvalid) as e:
         raise SourceError(f"{path}: not a readable parquet file ({e})") from e
+    except Exception as e:  # remote filesystems raise their own error types
+        raise SourceError(f"{path}: cannot be opened ({type(e).__name__}: {e})") from e
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,29 @@ def test_split_hash_is_stable_and_roughly_uniform():
     mask = sources.validation_mask(ids, 0.05)
     assert mask.tolist() == [sources.is_validation(i, 0.05) for i in ids]
     assert not sources.validation_mask(ids[:10], 0.0).any()
+
+
+def test_fsspec_urls_resolve_plan_and_stream(tmp_path):
+    """Remote sources (hf://, s3://, gs://) go through fsspec; its in-memory filesystem exercises the same path."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name, texts in (("a/part-0.parquet", ["one", "two"]), ("a/sub/part-1.parquet", ["three"])):
+        local = write_parquet(tmp_path / name.replace("/", "_"), texts)
+        fs.pipe(f"/corpus/{name}", local.read_bytes())
+    fs.pipe("/corpus/a/README.md", b"not parquet")
+    files = sources.resolve_files("memory://corpus/a")
+    assert files == ["memory:///corpus/a/part-0.parquet", "memory:///corpus/a/sub/part-1.parquet"]
+    assert sources.resolve_files("memory://corpus/a/*.parquet") == files[:1]
+    plan = sources.plan_slices(files)
+    assert [t for s in plan.slices for b in sources.iter_batches(s) for t in b.texts] == ["one", "two", "three"]
+    with pytest.raises(sources.SourceError, match="holds no .parquet files"):
+        sources.resolve_files("memory://corpus/a/*.json")
+    with pytest.raises(sources.SourceError, match="does not exist or cannot be reached"):
+        sources.resolve_files("memory://nowhere")
+
+
+def test_hf_source_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(sources.SourceError, match=r"hf://datasets/HuggingFaceFW/fineweb-edu/sample/10BT"):
+        sources.resolve_files("hf://datasets/HuggingFaceFW/fineweb-edu/sample/10BT/*.parquet")

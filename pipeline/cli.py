@@ -1,4 +1,4 @@
-"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job) and inspect.
+"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job), inspect and export.
 
 Other rooms add their own subcommands (`serve` from service/, `train` and `sample` from trainer/) through the
 `tokshard.commands` entry-point group, so the core never imports them.
@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pipeline import jobs, sources
+from pipeline import export, jobs, sources
 from pipeline.manifest import MANIFEST, Manifest
 from pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
@@ -94,8 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_inspect))
+
+    p = sub.add_parser("export", help="write the shards of OUTDIR in another trainer's format")
+    p.add_argument("--format", required=True, choices=["nanogpt"],
+                   help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens)")
+    p.add_argument("outdir", help="a complete `tokshard encode` output directory")
+    p.add_argument("dest", help="directory to write (must not already hold exported files)")
+    p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_json_only_on_stdout(cmd_export))
     _add_plugin_commands(sub)
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    summary = export.export_nanogpt(args.outdir, args.dest, tokens_per_file=args.tokens_per_file)
+    _print(args, summary, [export.describe(summary)])
+    return 0
 
 
 def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:

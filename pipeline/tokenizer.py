@@ -146,7 +146,7 @@ def _byte_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(printable, chars, strict=True)}
 
 
-def _token_str(token: bytes) -> str:
+def token_str(token: bytes) -> str:
     table = _byte_to_unicode()
     return "".join(table[b] for b in token)
 
@@ -193,7 +193,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], pattern: str, special_tokens: 
     if any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError("all 256 single bytes must be in the vocabulary")
     merges = [
-        [_token_str(a), _token_str(b)] for tok, r in ordered if len(tok) > 1 for a, b in [_merge_pair(ranks, tok, r)]
+        [token_str(a), token_str(b)] for tok, r in ordered if len(tok) > 1 for a, b in [_merge_pair(ranks, tok, r)]
     ]
     n = len(ordered)
     added = [
@@ -235,7 +235,7 @@ def build_tokenizer_json(ranks: dict[bytes, int], pattern: str, special_tokens: 
             "fuse_unk": False,
             "byte_fallback": False,
             "ignore_merges": True,
-            "vocab": {_token_str(tok): r for tok, r in ordered},
+            "vocab": {token_str(tok): r for tok, r in ordered},
             "merges": merges,
         },
     }

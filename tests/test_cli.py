@@ -96,3 +96,19 @@ def test_encode_joins_an_existing_cluster(external_ray, corpus_dir, run_out, tmp
     summary = json.loads(proc.stdout)
     assert summary["complete"] and summary["documents"] == 150
     assert tokshard("inspect", str(tmp_path / "o")).returncode == 0
+
+
+def test_export_nanogpt_from_the_command_line(run_out, tmp_path):
+    import numpy as np
+
+    out, summary = run_out
+    proc = tokshard("export", "--format", "nanogpt", str(out), str(tmp_path / "bin"), "--tokens-per-file", "20000",
+                    "--json")
+    exported = json.loads(proc.stdout)
+    names = [f["name"] for f in exported["files"]]
+    assert names[0] == "fineweb_val_000000.bin" and names[1] == "fineweb_train_000001.bin"
+    header = np.fromfile(tmp_path / "bin" / names[1], dtype="<i4", count=256)
+    assert header[0] == 20240520 and header[1] == 1 and header[2] == exported["files"][1]["tokens"]
+    assert sum(f["tokens"] for f in exported["files"]) == summary["tokens"]
+    again = tokshard("export", "--format", "nanogpt", str(out), str(tmp_path / "bin"), check=False)
+    assert again.returncode == 2 and "already holds" in again.stderr

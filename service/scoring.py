@@ -1,0 +1,69 @@
+"""Bits-per-byte of texts under a trained checkpoint: the trainer's own scorer, behind the service's limits.
+
+torch and trainer/ are imported only here and only when a checkpoint is configured, so `tokshard serve` without
+`--checkpoint` runs on an installation without the trainer extra. A checkpoint trained with another tokenizer is
+refused at start-up: its ids would mean different text and every score would be silently wrong.
+
+Per text we return the raw sums (nats, bytes, tokens) next to the ratio, and the request's aggregate is
+Σnats / (ln 2 · Σbytes) over those sums, so a client can combine any number of requests exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.tokenizer import Tokenizer
+
+LN2 = math.log(2.0)
+
+
+@dataclass
+class Scorer:
+    model: Any  # trainer.model.GPT in eval mode
+    context_len: int
+    name: str
+    step: int
+    tokenizer_sha256: str
+    vocab_size: int
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "step": self.step, "context_len": self.context_len,
+                "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
+
+    def score(self, sequences: list[list[int]], token_bytes: Any) -> list[dict[str, Any]]:
+        """One {nats, bytes, tokens, bpb} per sequence (each starts with <|bos|>), via trainer.bpb."""
+        from trainer.bpb import score_sequences
+
+        scores = score_sequences(self.model, sequences, token_bytes, self.context_len, device="cpu")
+        return [{"bpb": s.bpb, "nats": s.nats, "bytes": s.bytes, "tokens": s.tokens} for s in scores]
+
+
+def aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    nats = math.fsum(i["nats"] for i in items)
+    nbytes = sum(i["bytes"] for i in items)
+    return {"bpb": nats / (LN2 * nbytes) if nbytes else None, "nats": nats, "bytes": nbytes,
+            "tokens": sum(i["tokens"] for i in items)}
+
+
+def load_scorer(path: str, tokenizer: Tokenizer) -> Scorer:
+    """Load CKPT for scoring; ValueError (a clear start-up error) when it cannot serve this tokenizer."""
+    try:
+        from trainer.checkpoint import load_inference
+    except ModuleNotFoundError as e:
+        if e.name not in ("torch", "trainer", "trainer.checkpoint"):
+            raise
+        raise ValueError(f"--checkpoint needs the trainer extra ({e.name} is not installed): "
+                         "pip install 'tokshard[trainer]', or serve without --checkpoint") from None
+    inference = load_inference(path, device="cpu")
+    if inference.tokenizer_sha256 != tokenizer.sha256:
+        raise ValueError(f"checkpoint {path} was trained with tokenizer sha256 {inference.tokenizer_sha256}, but "
+                         f"--tokenizer has sha256 {tokenizer.sha256}: serve it with the tokenizer it was trained "
+                         "on (the run's data directory has it under tokenizer/)")
+    if inference.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"checkpoint {path} has a vocabulary of {inference.config.vocab_size} ids but the "
+                         f"tokenizer has {tokenizer.vocab_size}")
+    return Scorer(model=inference.model, context_len=inference.config.seq_len, name=inference.name,
+                  step=inference.step, tokenizer_sha256=inference.tokenizer_sha256,
+                  vocab_size=inference.config.vocab_size)

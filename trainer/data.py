@@ -1,0 +1,185 @@
+"""Training data: fixed-length windows streamed from the token shards of `tokshard encode`, and the fixed
+validation windows.
+
+The train split is one flat token stream per shard (pipeline.shards.ShardReader: a zero-copy numpy view over the
+memory map), cut into windows of seq_len + 1 tokens that overlap by one token, so every token but a shard's first
+is a target exactly once per epoch. Windows never straddle two shards; documents inside a window are separated by
+their `<|bos|>` and attend to each other (nanoGPT-style packing). The order is a permutation of all windows
+drawn from (seed, epoch), so the whole data order is a function of the seed and the number of windows consumed:
+that one integer (`position`) is what a checkpoint stores to resume exactly. A background thread gathers the
+next batches (only the chosen windows are copied out of the memory map) into pinned memory while the model
+computes.
+
+Validation is always the first `eval_tokens` tokens of the val split, in order, in windows of seq_len + 1.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.manifest import Manifest
+from pipeline.shards import ShardReader
+from pipeline.tokenizer import Tokenizer
+
+
+@dataclass
+class Dataset:
+    out_dir: Path
+    tokenizer_dir: Path
+    tokenizer_sha256: str
+    vocab_size: int
+    token_bytes: np.ndarray
+    train: list[ShardReader]
+    val: list[ShardReader]
+    complete: bool
+
+    def close(self) -> None:
+        for r in (*self.train, *self.val):
+            r.close()
+
+
+def open_dataset(out_dir: str | Path) -> Dataset:
+    """Open the shards of an encode output directory and check they all belong to its tokenizer."""
+    out = Path(out_dir)
+    manifest = Manifest.read(out)
+    sha = manifest.tokenizer["sha256"]
+    tok_dir = out / manifest.tokenizer.get("path", "tokenizer")
+    tok = Tokenizer.load(tok_dir)
+    if tok.sha256 != sha:
+        raise ValueError(f"{tok_dir} has tokenizer sha256 {tok.sha256[:12]}…, but {out / 'manifest.json'} says the "
+                         f"shards were made with {sha[:12]}…; BPB would be computed with the wrong token bytes. "
+                         "Restore the tokenizer the shards were encoded with, or re-encode.")
+    splits: dict[str, list[ShardReader]] = {"train": [], "val": []}
+    for rec in sorted(manifest.shards, key=lambda r: r["path"]):
+        path = out / rec["path"]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed in {out / 'manifest.json'} but missing")
+        reader = ShardReader(path)
+        if reader.tokenizer_sha256 != sha:
+            raise ValueError(f"{path} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, not the "
+                             f"manifest's {sha[:12]}…")
+        splits[rec["split"]].append(reader)
+    if not splits["train"]:
+        raise ValueError(f"{out} has no train shards")
+    return Dataset(out_dir=out, tokenizer_dir=tok_dir, tokenizer_sha256=sha, vocab_size=tok.vocab_size,
+                   token_bytes=tok.token_bytes, train=splits["train"], val=splits["val"],
+                   complete=bool(manifest.data.get("complete", True)))
+
+
+class WindowStream:
+    """All seq_len + 1 windows of the train shards, in a seeded order that depends only on the position."""
+
+    def __init__(self, shards: list[ShardReader], seq_len: int, seed: int) -> None:
+        self.shards, self.seq_len, self.seed = shards, seq_len, seed
+        counts = np.array([max(0, (len(s.tokens) - 1) // seq_len) for s in shards], dtype=np.int64)
+        self.first = np.concatenate([[0], np.cumsum(counts)])  # global index of each shard's first window
+        self.n_windows = int(self.first[-1])
+        if self.n_windows == 0:
+            total = sum(len(s.tokens) for s in shards)
+            raise ValueError(f"the train split has {total} tokens, not enough for one window of {seq_len + 1}; "
+                             "use a smaller --seq-len or more data")
+        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._epoch = epoch
+        return self._perm
+
+    def windows(self, position: int, count: int) -> np.ndarray:
+        """The `count` windows at stream positions [position, position + count) as int64 [count, seq_len + 1]."""
+        out = np.empty((count, self.seq_len + 1), dtype=np.int64)
+        idx = np.empty(count, dtype=np.int64)
+        for i in range(count):  # a batch may cross an epoch boundary
+            epoch, k = divmod(position + i, self.n_windows)
+            idx[i] = self.order(epoch)[k]
+        shard_of = np.searchsorted(self.first, idx, side="right") - 1
+        cols = np.arange(self.seq_len + 1)
+        for s in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == s)
+            starts = (idx[rows] - self.first[s]) * self.seq_len
+            out[rows] = self.shards[s].tokens[starts[:, None] + cols]  # copies just these windows from the mmap
+        return out
+
+
+class BatchLoader:
+    """Batches of windows prepared ahead by a background thread.
+
+    `next()` returns an int64 tensor [batch, seq_len + 1] (pinned when `pin`); inputs are [:, :-1], targets
+    [:, 1:]. With several ranks, each global batch is batch * world consecutive stream positions and rank r
+    takes its r-th slice. `position` counts the windows consumed by the batches already returned, across all
+    ranks: save it, and a loader started there continues with the very next batch.
+    """
+
+    def __init__(self, stream: WindowStream, batch_size: int, position: int = 0, rank: int = 0, world: int = 1,
+                 prefetch: int = 4, pin: bool = False) -> None:
+        self.stream, self.batch_size, self.rank, self.world, self.pin = stream, batch_size, rank, world, pin
+        self.position = position
+        self.wait_s = 0.0  # time next() spent waiting for the thread: data loading the model could not hide
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(position,), daemon=True, name="tokshard-data")
+        self._thread.start()
+
+    def _produce(self, position: int) -> None:
+        try:
+            while not self._stop.is_set():
+                w = self.stream.windows(position + self.rank * self.batch_size, self.batch_size)
+                t = torch.from_numpy(w)
+                if self.pin:
+                    t = t.pin_memory()
+                position += self.batch_size * self.world
+                self._put((position, t))
+        except BaseException as e:  # handed to the consumer, which re-raises it in the training thread
+            self._put((None, e))
+
+    def _put(self, item: tuple) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> torch.Tensor:
+        t0 = time.perf_counter()
+        position, batch = self._queue.get()
+        self.wait_s += time.perf_counter() - t0
+        if position is None:
+            raise RuntimeError("the data loader thread failed") from batch
+        self.position = position
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def val_windows(shards: list[ShardReader], seq_len: int, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `max_tokens` val tokens (shards in order) as windows [N, seq_len + 1] overlapping by one token,
+    the last one right-padded; returns (windows, real length of each row)."""
+    parts, have = [], 0
+    for s in shards:
+        take = min(len(s.tokens), max_tokens - have)
+        parts.append(np.asarray(s.tokens[:take], dtype=np.int64))
+        have += take
+        if have >= max_tokens:
+            break
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if len(flat) < 2:
+        raise ValueError("the val split holds no tokens to validate on; encode with --val-fraction > 0")
+    n = -(-(len(flat) - 1) // seq_len)
+    windows = np.zeros((n, seq_len + 1), dtype=np.int64)
+    lengths = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        row = flat[i * seq_len : i * seq_len + seq_len + 1]
+        windows[i, : len(row)] = row
+        lengths[i] = len(row)
+    return windows, lengths

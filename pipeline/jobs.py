@@ -353,13 +353,14 @@ def encode(
     errors: list[str] = list(plan.problems)
     kept = failed = 0
     with ray_session(address, workers):
-        max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
         pending = list(reversed(plan.slices))
         in_flight: dict[Any, sources.Slice] = {}
         try:
             while pending or in_flight:
+                # Re-read each round: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks too.
+                max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
                 while pending and len(in_flight) < max_in_flight:
                     s = pending.pop()
                     ref = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction,

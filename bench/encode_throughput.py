@@ -1,13 +1,23 @@
-"""Benchmark: `tokshard encode` end to end vs. the raw encoding engine, per core, on the same text in one run.
+"""Benchmark: `tokshard encode` vs. the raw engine and a nanoGPT-style pipeline, per core, same text, one run.
 
-Measures, on the same parquet files and the same tokenizer:
-  raw riptoken   CoreBPE.encode_ordinary per document, one thread, texts already in memory (the ceiling)
-  raw tiktoken   the same with tiktoken (the peer engine)
-  tokshard       `pipeline.jobs.encode` with N workers: parquet read, encode, split, Arrow write, fsync, manifest
-and reports tokens/s per core for each and tokshard's share of the raw engine. tokshard runs twice: cold (Ray
-workers start and import on the first tasks) and warm (the same run again: the steady state of a long job).
+On the same parquet files and the same tokenizer it measures:
+  raw riptoken    CoreBPE.encode_ordinary per document, one thread, texts already in memory (the ceiling)
+  raw tiktoken    the same with tiktoken (the peers' engine)
+  tokshard        `pipeline.jobs.encode` with --workers N and with 1 worker: parquet read, encode, split, Arrow
+                  write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold run first)
+  nanoGPT-style   bench/nanogpt_style.py: multiprocessing Pool(N) + tiktoken encode_ordinary + numpy uint16 +
+                  .bin write, with the same vocabulary (a fresh process, so its workers inherit nothing of ours)
+Each is measured twice over: tokens per wall second per core (wall x cores used), and tokens per CPU second
+(utime + stime of every process involved: for tokshard the driver, the Ray workers, its progress actor and Ray's
+own daemons; for nanoGPT-style the parent and its workers). On a shared machine the CPU-time figure is the
+stable one; the wall-clock figures move with whatever else runs. "encode tasks only" / "workers only" count the
+CPU of the processes doing the encoding: the steady state a long job converges to, once fixed costs (Ray's
+progress actor starting, each worker loading the tokenizer) are amortised. Peak RSS per worker is the kernel's
+high-water mark (VmHWM), reset at the start of each phase (bench/procmem.py). Phases are interleaved and
+repeated (--repeat); ratios are taken within each repetition and reported as median [min .. max].
 
-    python bench/encode_throughput.py [--source ../shared/corpus] [--workers 2] [--vocab-size 32768]
+    python bench/encode_throughput.py --tokenizer /tmp/tok32k [--source "../shared/corpus/train-*.parquet"]
+        [--workers 2] [--repeat 3] [--json results.json]
 """
 
 from __future__ import annotations
@@ -17,12 +27,17 @@ import json
 import os
 import platform
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import riptoken
+from procmem import TreeWatch, mib
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -30,13 +45,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from pipeline import jobs, sources
 from pipeline.tokenizer import Tokenizer
 
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+BENCH = Path(__file__).resolve().parent
+DEFAULT_SOURCE = BENCH.parents[1] / "shared" / "corpus"
 
 
-def raw_rate(encode, texts: list[str]) -> tuple[float, int]:
-    t0 = time.perf_counter()
+def raw_rate(encode, texts: list[str]) -> dict[str, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
     n = sum(len(encode(t)) for t in texts)
-    return n / (time.perf_counter() - t0), n
+    return {"tokens": n, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
 def _raw_in_task(path: str, tok_dir: str) -> tuple[int, float]:
@@ -44,18 +60,101 @@ def _raw_in_task(path: str, tok_dir: str) -> tuple[int, float]:
     tok = Tokenizer.load(tok_dir)
     engine = riptoken.CoreBPE(tok.ranks, {}, tok.pattern)
     texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-    t0 = time.perf_counter()
+    c0 = time.process_time()
     n = sum(len(engine.encode_ordinary(t)) for t in texts)
-    return n, time.perf_counter() - t0
+    return n, time.process_time() - c0
+
+
+def tokshard_run(source: str, tok_dir: str, out: Path, workers: int) -> dict[str, Any]:
+    """One `jobs.encode` with the whole process tree watched: wall, CPU of every process, worker peak RSS."""
+    watch = TreeWatch(os.getpid()).start()
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = jobs.encode(source, tok_dir, out, workers=workers, show_progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    watch.stop()
+    driver_cpu = cpu - watch.own_cpu()
+    shutil.rmtree(out, ignore_errors=True)
+    encoders = watch.workers("encode_slice")
+    encode_cpu = sum(s.cpu for s in encoders)
+    other_workers_cpu = sum(s.cpu for s in watch.workers()) - encode_cpu  # the progress actor's process
+    return {
+        "workers": workers, "tokens": result.manifest.totals()["all"]["tokens"], "wall_s": wall,
+        "cpu_s": driver_cpu + watch.cpu_total(), "cpu_driver_s": driver_cpu, "cpu_encode_workers_s": encode_cpu,
+        "cpu_other_ray_workers_s": other_workers_cpu,
+        "cpu_ray_daemons_s": watch.cpu_total() - encode_cpu - other_workers_cpu,
+        "encode_workers": len(encoders), "worker_peak_rss": sorted((s.peak_rss for s in encoders), reverse=True),
+        "peak_reset_ok": watch.reset_ok, "complete": result.complete,
+    }
+
+
+def nanogpt_run(source: str, tok_dir: str, out: Path, procs: int) -> dict[str, Any]:
+    cmd = [sys.executable, str(BENCH / "nanogpt_style.py"), "--source", source, "--tokenizer", tok_dir,
+           "--out-dir", str(out), "--procs", str(procs)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    shutil.rmtree(out, ignore_errors=True)
+    r = json.loads(done.stdout)
+    r["cpu_s"] = r["cpu_parent_s"] + r["cpu_workers_s"]
+    return r
+
+
+def _spread(values: list[float], digits: int = 3) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
+
+
+def _rates(r: dict[str, Any], cores: int) -> tuple[float, float]:
+    """(tokens/s per core from wall clock, tokens per CPU second)."""
+    return r["tokens"] / r["wall_s"] / cores, r["tokens"] / r["cpu_s"]
+
+
+def summarize(reps: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    rows: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        rows.setdefault(key, []).append(value)
+
+    for rep in reps:
+        rip_wall, rip_cpu = _rates(rep["raw_riptoken"], 1)
+        tik_wall, tik_cpu = _rates(rep["raw_tiktoken"], 1)
+        tsn_wall, tsn_cpu = _rates(rep["tokshard_n"], workers)
+        ts1_wall, ts1_cpu = _rates(rep["tokshard_1"], 1)
+        ngp_wall, ngp_cpu = _rates(rep["nanogpt"], rep["nanogpt"]["procs"])
+        tsn_task = rep["tokshard_n"]["tokens"] / rep["tokshard_n"]["cpu_encode_workers_s"]
+        ngp_task = rep["nanogpt"]["tokens"] / rep["nanogpt"]["cpu_workers_s"]
+        for name, value in [("raw_riptoken_per_core_cpu", rip_cpu), ("raw_riptoken_per_core_wall", rip_wall),
+                            ("raw_tiktoken_per_core_cpu", tik_cpu), ("raw_tiktoken_per_core_wall", tik_wall),
+                            (f"tokshard_{workers}w_per_core_cpu", tsn_cpu),
+                            (f"tokshard_{workers}w_per_core_wall", tsn_wall),
+                            (f"tokshard_{workers}w_per_core_cpu_encode_tasks_only", tsn_task),
+                            ("tokshard_1w_per_core_cpu", ts1_cpu), ("tokshard_1w_per_core_wall", ts1_wall),
+                            ("nanogpt_per_core_cpu_workers_only", ngp_task),
+                            ("nanogpt_per_core_cpu", ngp_cpu), ("nanogpt_per_core_wall", ngp_wall)]:
+            add(name, value / 1e6)  # millions of tokens
+        add("ratio_tokshard_vs_raw_cpu", tsn_cpu / rip_cpu)
+        add("ratio_tokshard_vs_raw_wall", tsn_wall / rip_wall)
+        add("ratio_tokshard_vs_raw_cpu_encode_tasks_only", tsn_task / rip_cpu)
+        add("ratio_tokshard_vs_nanogpt_cpu", tsn_cpu / ngp_cpu)
+        add("ratio_tokshard_vs_nanogpt_cpu_workers_only", tsn_task / ngp_task)
+        add("ratio_tokshard_vs_nanogpt_wall", tsn_wall / ngp_wall)
+        add(f"scaling_{workers}w_vs_1w_wall", rep["tokshard_1"]["wall_s"] / rep["tokshard_n"]["wall_s"])
+        add(f"scaling_{workers}w_vs_1w_cpu_efficiency", workers * tsn_cpu / ts1_cpu)
+        for key in ("tokshard_n", "tokshard_1", "nanogpt"):
+            add(f"cores_obtained_{key}", rep[key]["cpu_s"] / rep[key]["wall_s"])
+        add("tokshard_worker_peak_rss_mib", mib(max(rep["tokshard_n"]["worker_peak_rss"])))
+        add("tokshard_1w_worker_peak_rss_mib", mib(max(rep["tokshard_1"]["worker_peak_rss"])))
+        add("nanogpt_worker_peak_rss_mib", mib(max(rep["nanogpt"]["worker_peak_rss"])))
+        add("load_avg_1min", rep["load_avg_1min"])
+    return {k: _spread(v) for k, v in rows.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", default=str(DEFAULT_SOURCE / "train-0000[0-3].parquet"))
+    ap.add_argument("--source", default=str(DEFAULT_SOURCE / "train-*.parquet"))
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir (default: train one on --train-source)")
     ap.add_argument("--train-source", default=str(DEFAULT_SOURCE / "val-00000.parquet"))
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
 
@@ -76,38 +175,39 @@ def main() -> None:
         files = sources.resolve_files(args.source)
         texts = [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
         text_mb = sum(len(t.encode()) for t in texts) / 1e6
-        rip, n_tokens = raw_rate(riptoken.CoreBPE(tok.ranks, {}, tok.pattern).encode_ordinary, texts)
-        tik, _ = raw_rate(tok._exact.encode_ordinary, texts)
-        ours_single, _ = raw_rate(tok.encode_ordinary, texts)
+        rip_engine = riptoken.CoreBPE(tok.ranks, {}, tok.pattern)
 
-        def timed_encode(out: Path) -> tuple[float, float, float]:
-            t0 = time.perf_counter()
-            result = jobs.encode(args.source, tok_dir, out, workers=args.workers, show_progress=False)
-            wall = time.perf_counter() - t0
-            busy = sum(r["seconds"] for r in result.manifest.shards if r["split"] == "train")
-            return wall, result.manifest.totals()["all"]["tokens"] / wall / args.workers, busy
-
+        cold = tokshard_run(args.source, tok_dir, work / "cold", args.workers)  # Ray workers start here
         raw_task = ray.remote(num_cpus=1)(_raw_in_task)
         parallel = ray.get([raw_task.remote(f, tok_dir) for f in files])
-        raw_parallel = sum(n for n, _ in parallel) / sum(s for _, s in parallel)
+        raw_parallel_cpu = sum(n for n, _ in parallel) / sum(s for _, s in parallel)
 
-        cold_wall, cold, _ = timed_encode(work / "cold")  # pays for starting and warming the Ray workers
-        wall, ours, busy = timed_encode(work / "warm")  # steady state: workers already running
+        reps = []
+        for i in range(args.repeat):
+            rep = {"raw_riptoken": raw_rate(rip_engine.encode_ordinary, texts),
+                   "raw_tiktoken": raw_rate(tok._exact.encode_ordinary, texts),
+                   "tokshard_n": tokshard_run(args.source, tok_dir, work / f"n{i}", args.workers),
+                   "tokshard_1": tokshard_run(args.source, tok_dir, work / f"one{i}", 1),
+                   "nanogpt": nanogpt_run(args.source, tok_dir, work / f"ngp{i}", args.workers),
+                   "load_avg_1min": float(Path("/proc/loadavg").read_text().split()[0])}
+            # Same documents, same vocabulary, <|bos|> per document: the three must agree on the token count.
+            rep["same_token_count"] = (rep["tokshard_n"]["tokens"] == rep["tokshard_1"]["tokens"]
+                                       == rep["nanogpt"]["tokens"] == rep["raw_riptoken"]["tokens"] + len(texts))
+            reps.append(rep)
+            print(f"repeat {i + 1}/{args.repeat} done", file=sys.stderr)
+
         report = {
             "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
             "source": args.source, "files": len(files), "documents": len(texts), "text_mb": round(text_mb, 1),
-            "vocab_size": tok.vocab_size, "tokens": n_tokens, "workers": args.workers,
-            "raw_riptoken_tok_s_per_core": round(rip), "raw_tiktoken_tok_s_per_core": round(tik),
-            "tokenizer_encode_ordinary_tok_s": round(ours_single), "engine": tok.engine,
-            "tokshard_cold_wall_s": round(cold_wall, 2), "tokshard_cold_tok_s_per_core": round(cold),
-            "tokshard_warm_wall_s": round(wall, 2), "tokshard_warm_tok_s_per_core": round(ours),
-            "tokshard_warm_share_of_raw_riptoken": round(ours / rip, 3),
-            "raw_riptoken_in_parallel_tasks_tok_s_per_core": round(raw_parallel),
-            "tokshard_warm_share_of_raw_in_parallel_tasks": round(ours / raw_parallel, 3),
-            "task_busy_share_of_wall_cores": round(busy / (wall * args.workers), 3),
-            "in_task_tok_s": round(n_tokens / busy), "ray_start_s": round(ray_start, 2),
+            "vocab_size": tok.vocab_size, "pattern": tok.pattern_name,
+            "tokens": reps[0]["tokshard_n"]["tokens"], "workers": args.workers, "repeat": args.repeat,
+            "all_token_counts_agree": all(r["same_token_count"] for r in reps),
+            "summary_millions_and_ratios": summarize(reps, args.workers),
+            "tokshard_cold_wall_s": round(cold["wall_s"], 2),
+            "raw_riptoken_in_parallel_tasks_per_core_cpu": round(raw_parallel_cpu),
+            "ray_start_s": round(ray_start, 2), "repetitions": reps,
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report["summary_millions_and_ratios"], indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         ray.shutdown()

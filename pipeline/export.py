@@ -11,7 +11,9 @@ carry, so export is a copy of the token stream in manifest order, re-cut into fi
 a file never ends in the middle of a document: modded-nanogpt's loader starts every sequence at a `<|bos|>`, so
 a document's tail carried over into the next file would never be trained on. Only a document longer than a
 whole file is cut, into file-sized pieces starting in a fresh file. Files therefore hold at most
-`tokens_per_file` tokens and usually slightly fewer.
+`tokens_per_file` tokens and usually slightly fewer. A split without documents (`--val-fraction 0`) gets no
+file, so the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and
+`<|endoftext|>` id; `export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
 
 Memory stays bounded whatever the corpus size: shards are memory-mapped one at a time and their token ranges
 are written straight from the map; only one shard's document offsets are held.

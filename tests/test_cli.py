@@ -39,7 +39,9 @@ def test_run_prints_summary_and_writes_everything(run_out):
     assert list((out / "train").glob("*.arrow"))
 
 
-def test_inspect_verifies_and_detects_corruption(run_out):
+def test_inspect_verifies_and_detects_corruption(run_out, tmp_path):
+    import shutil
+
     out, summary = run_out
     ok = tokshard("inspect", str(out), "--json")
     report = json.loads(ok.stdout)
@@ -47,6 +49,7 @@ def test_inspect_verifies_and_detects_corruption(run_out):
     human = tokshard("inspect", str(out / "tokenizer")).stdout
     assert "vocab 1,024" in human and "verified" in human
 
+    out = shutil.copytree(out, tmp_path / "copy")  # the module's other tests share run_out: damage a copy
     shard = sorted((out / "train").glob("*.arrow"))[0]
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0xFF

@@ -52,6 +52,18 @@ def small_tokenizer(small_tokenizer_dir) -> Tokenizer:
     return Tokenizer.load(small_tokenizer_dir)
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Toy models on a shared 2-core machine: a second intra-op thread mostly waits for the first, and under
+    load it made training up to 15x slower (measured); results are bit-identical either way."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_parquet(path: Path, texts: list[str], ids: list[str] | None = None, row_group_size: int = 64) -> Path:
     ids = ids if ids is not None else [f"<urn:uuid:doc-{i:06d}>" for i in range(len(texts))]
     table = pa.table({"text": pa.array(texts, pa.string()), "id": pa.array(ids, pa.string())})

@@ -18,14 +18,7 @@ TOKEN_BYTES = np.array([1, 2, 1, 3, 1, 0], dtype=np.int32)
 BOS = 5
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Toy models on a shared 2-core machine: a second intra-op thread mostly waits for the first, and under
-    load it made training up to 15x slower (measured); results are bit-identical either way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bigram_model(vocab: int = 6, seq_len: int = 64, seed: int = 0) -> GPT:

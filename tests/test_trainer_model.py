@@ -11,15 +11,7 @@ import torch.nn.functional as F
 from trainer import checkpoint
 from trainer.model import GPT, GPTConfig, count_params
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Toy models on a shared 2-core machine: a second intra-op thread mostly waits for the first, and under
-    load it made training up to 15x slower (measured); results are bit-identical either way."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(vocab: int = 97, **kw) -> GPT:

@@ -121,13 +121,12 @@ class TrainResult:
     sample_bytes: int
     seconds: float
     sha256: str
+    reused: bool = False  # an earlier run's tokenizer, trained with the same settings
 
     def summary(self) -> dict[str, Any]:
         return {"tokenizer": str(self.tokenizer_dir), "vocab_size": self.vocab_size,
                 "sample_documents": self.sample_documents, "sample_bytes": self.sample_bytes,
                 "seconds": round(self.seconds, 2), "sha256": self.sha256, "reused": self.reused}
-
-    reused: bool = False
 
 
 def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: int, sample_bytes: int, pattern: str,

@@ -8,13 +8,13 @@ On the same parquet files and the same tokenizer it measures:
   nanoGPT-style   bench/nanogpt_style.py: multiprocessing Pool(N) + tiktoken encode_ordinary + numpy uint16 +
                   .bin write, with the same vocabulary (a fresh process, so its workers inherit nothing of ours)
 Each is measured twice over: tokens per wall second per core (wall x cores used), and tokens per CPU second
-(utime + stime of every process involved: for tokshard the driver, the Ray workers, its progress actor and Ray's
-own daemons; for nanoGPT-style the parent and its workers). On a shared machine the CPU-time figure is the
-stable one; the wall-clock figures move with whatever else runs. "encode tasks only" / "workers only" count the
-CPU of the processes doing the encoding: the steady state a long job converges to, once fixed costs (Ray's
-progress actor starting, each worker loading the tokenizer) are amortised. Peak RSS per worker is the kernel's
-high-water mark (VmHWM), reset at the start of each phase (bench/procmem.py). Phases are interleaved and
-repeated (--repeat); ratios are taken within each repetition and reported as median [min .. max].
+(utime + stime of every process involved: for tokshard the driver, the Ray workers and Ray's own daemons; for
+nanoGPT-style the parent and its workers). On a shared machine the CPU-time figure is the stable one; the
+wall-clock figures move with whatever else runs. "encode tasks only" / "workers only" count the CPU of the
+processes doing the encoding: the steady state a long job converges to, once fixed costs (each worker loading
+the tokenizer, Ray's daemons) are amortised. Peak RSS per worker is the kernel's high-water mark (VmHWM), reset
+at the start of each phase (bench/procmem.py). Phases are interleaved and repeated (--repeat); ratios are taken
+within each repetition and reported as median [min .. max].
 
     python bench/encode_throughput.py --tokenizer /tmp/tok32k [--source "../shared/corpus/train-*.parquet"]
         [--workers 2] [--repeat 3] [--json results.json]
@@ -76,7 +76,7 @@ def tokshard_run(source: str, tok_dir: str, out: Path, workers: int) -> dict[str
     shutil.rmtree(out, ignore_errors=True)
     encoders = watch.workers("encode_slice")
     encode_cpu = sum(s.cpu for s in encoders)
-    other_workers_cpu = sum(s.cpu for s in watch.workers()) - encode_cpu  # the progress actor's process
+    other_workers_cpu = sum(s.cpu for s in watch.workers()) - encode_cpu  # ~0 since progress needs no actor
     return {
         "workers": workers, "tokens": result.manifest.totals()["all"]["tokens"], "wall_s": wall,
         "cpu_s": driver_cpu + watch.cpu_total(), "cpu_driver_s": driver_cpu, "cpu_encode_workers_s": encode_cpu,

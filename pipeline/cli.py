@@ -1,4 +1,5 @@
-"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job), inspect and export.
+"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job), inspect, export and
+eval-tokenizer.
 
 Other rooms add their own subcommands (`serve` from service/, `train` and `sample` from trainer/) through the
 `tokshard.commands` entry-point group, so the core never imports them.
@@ -12,6 +13,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -20,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pipeline import export, jobs, sources
+from pipeline import evaluate, export, jobs, sources
 from pipeline.manifest import MANIFEST, Manifest
 from pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
@@ -50,6 +52,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="gpt2, cl100k (gpt4), cl100k-d2 (default), "
                    "o200k (gpt4o), or a regex")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--superbpe-transition", type=int, default=None, metavar="T",
+                   help="SuperBPE: ordinary merges up to a T-token vocabulary, then merges across the spaces between "
+                   "words up to --vocab-size (e.g. 28672 of 32768; preset patterns only)")
 
 
 def _add_encoding(p: argparse.ArgumentParser) -> None:
@@ -103,6 +108,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
+
+    p = sub.add_parser("eval-tokenizer", help="compare tokenizers on the same text (compression, fairness across "
+                       "groups, speed); optionally a vocabulary-size sweep")
+    p.set_defaults(func=_json_only_on_stdout(cmd_eval_tokenizer))
+    p.add_argument("tokenizers", nargs="*", metavar="TOKDIR",
+                   help="a tokshard tokenizer directory or any HF tokenizer.json (file or directory holding one)")
+    _add_source(p, required=False)
+    p.add_argument("--out", required=True, help="report directory: report.json and PNG plots")
+    p.add_argument("--group-by", default=None, metavar="COLUMN", help="report per value of this column "
+                   "(e.g. language, domain)")
+    p.add_argument("--group-regex", default=None, metavar="REGEX", help="group by this regex's first capture group "
+                   "in the --group-by value (e.g. '^[a-z]+://([^/]+)' for a URL's host)")
+    p.add_argument("--parallel-key", default=None, metavar="COLUMN", help="rows with the same key in different "
+                   "groups hold the same content: report each group's token premium")
+    p.add_argument("--reference", default=None, metavar="GROUP", help="the group premiums are relative to")
+    p.add_argument("--limit-docs", type=int, default=None, help="evaluate on the first N documents only")
+    p.add_argument("--max-bytes", type=int, default=evaluate.DEFAULT_MAX_BYTES,
+                   help="evaluate on the first documents up to about this many bytes of text (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=evaluate.DEFAULT_REPEATS, help="throughput: best of N runs")
+    p.add_argument("--force", action="store_true", help="replace a report made with other settings")
+    p.add_argument("--sweep", default=None, metavar="SIZES", help="also train these vocabulary sizes on one sample "
+                   "and evaluate them, e.g. 8k,16k,32k,64k (into OUT/tokenizers/vocab-N)")
+    p.add_argument("--train-source", default=None, help="--sweep: what to train on (default: --source)")
+    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES, help="--sweep: training sample")
+    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="--sweep: split pattern (as train-tokenizer)")
+    p.add_argument("--seed", type=int, default=0, help="--sweep: sample seed")
+    _add_ray(p)
     _add_plugin_commands(sub)
     return parser
 
@@ -110,6 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_export(args: argparse.Namespace) -> int:
     summary = export.export_nanogpt(args.outdir, args.dest, tokens_per_file=args.tokens_per_file)
     _print(args, summary, [export.describe(summary)])
+    return 0
+
+
+def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
+    # Throughput is defined single-threaded: riptoken's pool reads this when it first starts (Ray tasks set it too).
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    report = evaluate.run(
+        args.tokenizers, args.out, source=args.source, text_column=args.text_column, id_column=args.id_column,
+        group_by=args.group_by, group_regex=args.group_regex, parallel_key=args.parallel_key,
+        reference=args.reference, limit_docs=args.limit_docs, max_bytes=args.max_bytes, repeats=args.repeats,
+        sweep=args.sweep, train_source=args.train_source, sample_bytes=args.sample_bytes, pattern=args.pattern,
+        seed=args.seed, address=args.address, workers=args.workers, force=args.force,
+        log=lambda line: print(line, file=sys.stderr))
+    _print(args, report, evaluate.summary_lines(report, args.out))
     return 0
 
 
@@ -175,7 +221,8 @@ def _train_lines(s: dict[str, Any]) -> list[str]:
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     result = jobs.train_tokenizer(args.source, args.out, vocab_size=args.vocab_size, sample_bytes=args.sample_bytes,
                                   pattern=args.pattern, seed=args.seed, text_column=args.text_column,
-                                  id_column=args.id_column, address=args.address, workers=args.workers)
+                                  id_column=args.id_column, address=args.address, workers=args.workers,
+                                  superbpe_transition=args.superbpe_transition)
     _print(args, result.summary(), _train_lines(result.summary()))
     return 0
 
@@ -199,7 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stale in out.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
         shutil.rmtree(stale, ignore_errors=True)
     settings = {"vocab_size": args.vocab_size, "sample_bytes": args.sample_bytes, "pattern": args.pattern,
-                "seed": args.seed, "text_column": args.text_column, "id_column": args.id_column}
+                "seed": args.seed, "text_column": args.text_column, "id_column": args.id_column,
+                "superbpe_transition": args.superbpe_transition}
     with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out,
                                                                                    prefix=TRAIN_TMP_PREFIX) as tmp:
         trained = jobs.reusable_tokenizer(out / "tokenizer", args.source, **settings)

@@ -12,13 +12,13 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline import atomic, sources
+from pipeline import atomic, sources, superbpe
 from pipeline.manifest import (
     Manifest,
     ShardRecord,
@@ -27,7 +27,7 @@ from pipeline.manifest import (
     verify_shards,
     write_slice_records,
 )
-from pipeline.progress import Progress
+from pipeline.progress import Progress, RowsDone
 from pipeline.shards import SUFFIX, write_shard
 from pipeline.tokenizer import (
     DEFAULT_PATTERN,
@@ -95,8 +95,11 @@ def _sample_slice(piece: sources.Slice, fraction: float, seed: int, text_column:
     return out
 
 
-def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
-    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges."""
+def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int,
+               superbpe_stage2: tuple[int, str] | None = None) -> dict[str, Any]:
+    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. With
+    `superbpe_stage2` = (transition, stage-2 regex), rustbpe stops at `transition` BPE tokens and
+    `superbpe.train_stage2` continues on the same texts up to `vocab_size` (one core, pipeline/superbpe.py)."""
     import ray
     import rustbpe
 
@@ -109,8 +112,17 @@ def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: 
             texts.append(text)
             used += len(text.encode("utf-8", "surrogatepass"))
     bpe = rustbpe.Tokenizer()
-    bpe.train_from_iterator(iter(texts), vocab_size=vocab_size, pattern=pattern)
-    return {"ranks": list(bpe.get_mergeable_ranks()), "documents": len(texts), "bytes": used}
+    t0 = time.time()
+    stage1_size = superbpe_stage2[0] if superbpe_stage2 else vocab_size
+    bpe.train_from_iterator(iter(texts), vocab_size=stage1_size, pattern=pattern)
+    ranks = dict(bpe.get_mergeable_ranks())
+    out: dict[str, Any] = {"documents": len(texts), "bytes": used}
+    if superbpe_stage2 and len(ranks) == stage1_size:  # else too little text: the caller reports the shortfall
+        stage1_seconds = time.time() - t0
+        ranks, stats = superbpe.train_stage2(texts, ranks, superbpe_stage2[1], vocab_size)
+        out["superbpe"] = {"stage1_merges": stage1_size - 256, "stage1_seconds": round(stage1_seconds, 3), **stats}
+    out["ranks"] = list(ranks.items())
+    return out
 
 
 @dataclass
@@ -130,7 +142,8 @@ class TrainResult:
 
 
 def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: int, sample_bytes: int, pattern: str,
-                       seed: int, text_column: str, id_column: str) -> TrainResult | None:
+                       seed: int, text_column: str, id_column: str,
+                       superbpe_transition: int | None = None) -> TrainResult | None:
     """The tokenizer an earlier `tokshard run` trained with exactly these settings, or None: training is
     deterministic, so resuming a run need not train again."""
     if not (tokenizer_dir / METADATA_JSON).is_file():
@@ -139,12 +152,20 @@ def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: i
     t = tok.metadata.get("training") or {}
     wanted = {"source": source or "bundled-sample", "sample_bytes_limit": sample_bytes, "seed": seed,
               "text_column": text_column, "id_column": id_column}
-    if tok.vocab_size != vocab_size or tok.pattern != resolve_pattern(pattern)[1]:
+    if tok.vocab_size != vocab_size or tok.pattern != _final_pattern(pattern, superbpe_transition):
         return None
     if any(t.get(k) != v for k, v in wanted.items()):
         return None
+    if (t.get("superbpe") or {}).get("transition") != superbpe_transition:
+        return None
     return TrainResult(tokenizer_dir, tok.vocab_size, t.get("sample_documents", 0), t.get("sample_bytes", 0), 0.0,
                        tok.sha256, reused=True)
+
+
+def _final_pattern(pattern: str, superbpe_transition: int | None) -> str:
+    """The regex the trained tokenizer encodes with: the preset's, or with SuperBPE its stage-2 regex."""
+    name, regex = resolve_pattern(pattern)
+    return regex if superbpe_transition is None else superbpe.stage2_pattern(name)
 
 
 def train_tokenizer(
@@ -159,14 +180,24 @@ def train_tokenizer(
     id_column: str = sources.DEFAULT_ID_COLUMN,
     address: str | None = None,
     workers: int | None = None,
+    superbpe_transition: int | None = None,
 ) -> TrainResult:
-    """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory."""
+    """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory.
+    With `superbpe_transition` T, ordinary merges stop at a T-token vocabulary (special tokens included, like
+    `vocab_size`) and SuperBPE's stage 2 learns the rest (pipeline/superbpe.py)."""
     import ray
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
                          f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens + 1 merge)")
     pattern_name, regex = resolve_pattern(pattern)
+    stage2 = None
+    if superbpe_transition is not None:
+        if not 256 + len(SPECIAL_TOKENS) < superbpe_transition < vocab_size:
+            raise ValueError(f"--superbpe-transition must be between {256 + len(SPECIAL_TOKENS) + 1} and "
+                             f"--vocab-size - 1 ({vocab_size - 1:,}), got {superbpe_transition:,}; the paper found "
+                             "80-90% of the vocabulary best")
+        stage2 = (superbpe_transition - len(SPECIAL_TOKENS), superbpe.stage2_pattern(pattern_name))
     t0 = time.time()
     files = sources.resolve_files(source)
     plan = sources.plan_slices(files, text_column)
@@ -180,48 +211,68 @@ def train_tokenizer(
         refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
         train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
         # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
-        trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, sample_bytes))
+        trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, sample_bytes, stage2))
     n_docs, n_bytes = trained["documents"], trained["bytes"]
     reached = len(trained["ranks"]) + len(SPECIAL_TOKENS)
     if reached < vocab_size:
         raise ValueError(f"the training sample ({n_docs:,} documents, {n_bytes:,} bytes) has only enough distinct "
                          f"pairs for a {reached:,}-token vocabulary, not {vocab_size:,}: lower --vocab-size or "
                          "train on more text (--sample-bytes, or a larger --source)")
-    tok = Tokenizer.from_ranks(dict(trained["ranks"]), regex, pattern_name)
+    if stage2 is None:
+        tok = Tokenizer.from_ranks(dict(trained["ranks"]), regex, pattern_name)
+    else:
+        tok = Tokenizer.from_ranks(dict(trained["ranks"]), stage2[1], f"superbpe-{pattern_name}")
     seconds = time.time() - t0
     training = {"source": source or "bundled-sample", "files": len(files), "sample_documents": n_docs,
                 "sample_bytes": n_bytes, "sample_bytes_limit": sample_bytes, "max_doc_chars": MAX_SAMPLE_DOC_CHARS,
                 "seed": seed, "text_column": text_column, "id_column": id_column, "trainer": "rustbpe",
                 "seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if stage2 is not None:
+        training["trainer"] = "rustbpe + superbpe stage 2"
+        training["superbpe"] = {"transition": superbpe_transition, "stage1_pattern": regex,
+                                "stage2_pattern": stage2[1], **trained["superbpe"]}
     out_dir = tok.save(out, training=training)
     return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256)
 
 
 # -- encoding ---------------------------------------------------------------------------------------------
-@dataclass
 class _SplitBuffer:
-    """The encoded rows of one split of one slice, kept as numpy pieces until the shard is written."""
+    """The encoded rows of one split of one slice. Ids are copied into one array as batches are encoded and the
+    shard is written from it as is, so a slice's ids are never held twice (pieces and their concatenation).
+    The array starts at an estimate and doubles if that is exceeded; pages never written take no memory."""
 
-    ids: list[str] = field(default_factory=list)
-    tokens: list[np.ndarray] = field(default_factory=list)
-    lengths: list[np.ndarray] = field(default_factory=list)
-    text_bytes: int = 0
+    def __init__(self, capacity: int, dtype: np.dtype) -> None:
+        self.ids: list[str] = []
+        self.tokens = np.empty(max(capacity, 1), dtype=dtype)
+        self.size = 0
+        self.lengths: list[np.ndarray] = []
+        self.text_bytes = 0
 
-    def add(self, ids: list[str], tokens: np.ndarray, lengths: np.ndarray, text_bytes: int) -> None:
-        self.ids.extend(ids)
-        self.tokens.append(tokens)
-        self.lengths.append(lengths)
+    def add(self, ids: list[str], flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray, text_bytes: int) -> None:
+        """Append the rows of a batch (`flat` ids, `offsets` row boundaries) where `keep` is set, copied run by
+        run: the validation split is ~1% of the rows, so both splits are a few long runs (cheaper than a mask)."""
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.view(np.int8), [0]))))
+        runs = list(zip(offsets[edges[::2]].tolist(), offsets[edges[1::2]].tolist(), strict=True))
+        need = self.size + sum(b - a for a, b in runs)
+        if need > len(self.tokens):
+            grown = np.empty(max(need, 2 * len(self.tokens)), dtype=self.tokens.dtype)
+            grown[: self.size] = self.tokens[: self.size]
+            self.tokens = grown
+        for a, b in runs:
+            self.tokens[self.size : self.size + b - a] = flat[a:b]
+            self.size += b - a
+        self.ids.extend(d for d, k in zip(ids, keep.tolist(), strict=True) if k)
+        self.lengths.append(np.diff(offsets)[keep])
         self.text_bytes += text_bytes
 
 
-def _select_rows(flat: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """The tokens of the rows where `keep` is set, copied run by run: the validation split is ~1% of the rows,
-    so both splits are a few long runs and this beats a per-token mask."""
-    if keep.all():
-        return flat
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.view(np.int8), [0]))))
-    return np.concatenate([flat[offsets[a] : offsets[b]] for a, b in zip(edges[::2], edges[1::2], strict=True)])
+class SliceDone(NamedTuple):
+    """The last item of an `encode_slice` task: its shards' records, and whether they were kept from an earlier
+    run."""
+
+    records: list[dict[str, Any]]
+    kept: bool
 
 
 def encode_slice(
@@ -232,34 +283,42 @@ def encode_slice(
     val_fraction: float,
     text_column: str,
     id_column: str,
-    progress: Any = None,
-) -> list[dict[str, Any]]:
-    """Encode one slice into `train/` and `val/` shards named after the slice; return their records and whether
-    they were kept from an earlier run (its sidecar matches this slice and every shard verifies)."""
+) -> Iterator[RowsDone | SliceDone]:
+    """Encode one slice into `train/` and `val/` shards named after the slice, or keep those of an earlier run
+    (its sidecar matches this slice and every shard verifies). Runs as a Ray streaming generator: yields a
+    `RowsDone` per row group (the driver's live progress), then one `SliceDone`.
+
+    Both paths yield exactly one item per row group before the result: Ray numbers a generator's items and, when
+    it retries the task after its worker died, drops the items it already has by number. A retry that finds the
+    slice done (the first attempt died between writing it and reporting it) must not yield fewer, or its
+    `SliceDone` would be dropped."""
     t0 = time.time()
     out = Path(out_dir)
     info = asdict(piece)
     done = read_slice_records(out, piece.name)
     if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
-        if progress is not None:
-            progress.add.remote(*(sum(r[k] for r in done["shards"]) for k in ("documents", "tokens", "text_bytes")))
-        return done["shards"], True
+        yield RowsDone(*(sum(r[k] for r in done["shards"]) for k in ("documents", "tokens", "text_bytes")))
+        for _ in range(piece.rg_start + 1, piece.rg_end):
+            yield RowsDone(0, 0, 0)
+        yield SliceDone(done["shards"], True)
+        return
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
-    buffers = {"train": _SplitBuffer(), "val": _SplitBuffer()}
+    # At most one id per text byte plus <|bos|> per row; real text averages 3-4 bytes per id, so half the bytes
+    # is ample (the buffer grows if not) and the validation split gets twice its expected share.
+    capacity = piece.text_bytes_estimate // 2 + piece.row_end - piece.row_start
+    buffers = {"train": _SplitBuffer(capacity, tok.dtype),
+               "val": _SplitBuffer(int(capacity * min(1.0, 2 * val_fraction)) + 1024, tok.dtype)}
     for batch in sources.iter_batches(piece, text_column, id_column):
         try:
             flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
         except UnencodableError as e:
             raise sources.SourceError(f"{piece.path}: row {batch.first_row + e.index}: {e.reason}") from None
-        lengths = np.diff(offsets)
         doc_bytes = np.diff(batch.utf8[1])
         is_val = sources.validation_mask(batch.ids, val_fraction)
         for split, rows in (("train", ~is_val), ("val", is_val)):
             if rows.any():
-                buffers[split].add([d for d, keep in zip(batch.ids, rows, strict=True) if keep],
-                                   _select_rows(flat, offsets, rows), lengths[rows], int(doc_bytes[rows].sum()))
-        if progress is not None:
-            progress.add.remote(len(batch.texts), len(flat), int(doc_bytes.sum()))
+                buffers[split].add(batch.ids, flat, offsets, rows, int(doc_bytes[rows].sum()))
+        yield RowsDone(len(batch.texts), len(flat), int(doc_bytes.sum()))
     records = []
     for split, buf in buffers.items():
         if not buf.ids:
@@ -268,7 +327,7 @@ def encode_slice(
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         rel = f"{split}/shard-{piece.name}{SUFFIX}"
-        written = write_shard(Path(out_dir) / rel, buf.ids, np.concatenate(buf.tokens), offsets,
+        written = write_shard(Path(out_dir) / rel, buf.ids, buf.tokens[: buf.size], offsets,
                               tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
         seconds = time.time() - t0
         records.append(ShardRecord(
@@ -278,7 +337,7 @@ def encode_slice(
             tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(),
         ).to_dict())
     write_slice_records(out, piece.name, info, records)
-    return records, False
+    yield SliceDone(records, False)
 
 
 @dataclass
@@ -352,30 +411,43 @@ def encode(
     errors: list[str] = list(plan.problems)
     kept = failed = 0
     with ray_session(address, workers):
+        # A streaming generator (see encode_slice): progress arrives with the results, no actor needed.
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
         pending = list(reversed(plan.slices))
-        in_flight: dict[Any, sources.Slice] = {}
+        in_flight: dict[Any, sources.Slice] = {}  # ObjectRefGenerator -> its slice
         try:
             while pending or in_flight:
                 # Re-read each round: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks too.
                 max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
                 while pending and len(in_flight) < max_in_flight:
                     s = pending.pop()
-                    ref = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction,
-                                      text_column, id_column, progress.actor)
-                    in_flight[ref] = s
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                for ref in done:
-                    s = in_flight.pop(ref)
+                    gen = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction, text_column,
+                                      id_column)
+                    in_flight[gen] = s
+                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                for gen in ready:  # each has its next item ready (or has ended): take one
+                    s = in_flight[gen]
                     try:
-                        slice_records, was_kept = ray.get(ref)
+                        item = ray.get(next(gen))
+                    except StopIteration:
+                        item = None
                     except Exception as e:
+                        del in_flight[gen]
                         errors.append(_task_error(s, e))
                         failed += 1
                         continue
-                    records.extend(slice_records)
-                    kept += was_kept
+                    if isinstance(item, RowsDone):
+                        progress.add(item)
+                        continue
+                    del in_flight[gen]
+                    if not isinstance(item, SliceDone):
+                        errors.append(f"{s.path} (row groups {s.rg_start}-{s.rg_end - 1}): the task ended without "
+                                      "its result; run the same command again to finish this slice")
+                        failed += 1
+                        continue
+                    records.extend(item.records)
+                    kept += item.kept
                 progress.update()
         finally:
             progress.close()

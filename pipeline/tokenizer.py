@@ -4,7 +4,8 @@
 our encoder is built from (vocabulary ids are tiktoken ranks). Encoding runs in riptoken (a Rust tiktoken
 reimplementation, ~2x tiktoken); the few documents that could hold a pre-split piece long enough for riptoken to
 stop being exact are found by a cheap vectorised byte scan and encoded by tiktoken instead (see `exact_needed`);
-custom patterns always use tiktoken. Special-token text inside a document is always encoded as plain text.
+custom patterns and SuperBPE's stage-2 pattern (pipeline/superbpe.py) always use tiktoken. Special-token text
+inside a document is always encoded as plain text.
 
 A tokenizer directory holds:
     tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
@@ -93,6 +94,12 @@ def _guard_table() -> np.ndarray:
 
 
 _GUARD_TABLE = _guard_table()
+# Small inputs (a service request) are screened first: every window the block scan flags lies inside a run of
+# GUARD_RUN_BLOCKS * GUARD_BLOCK bytes that share a class bit, so where no such run exists -- one bytes.translate
+# and one substring search per class tell -- the scan would flag nothing, and its fixed cost is skipped.
+GUARD_SCREEN_MAX_BYTES = 4096
+_GUARD_RUN = b"\x01" * (GUARD_RUN_BLOCKS * GUARD_BLOCK)
+_GUARD_BIT_TABLES = tuple(bytes(int(c) & bit != 0 for c in _GUARD_TABLE) for bit in (_LETTER, _DIGIT, _PUNCT, _SPACE))
 _GUARDED_PRESETS = frozenset({"gpt2", "cl100k", "cl100k-d2", "o200k"})
 
 # Long documents are encoded in chunks so a worker's memory does not grow with the document: the ids of a chunk go
@@ -313,6 +320,9 @@ class Tokenizer:
         self._exact = tiktoken.Encoding(
             name="tokshard", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
         )
+        # Only the presets have a guard. Any other pattern is encoded by tiktoken, SuperBPE's stage-2 pattern
+        # included: its pieces span words, so the class-run guard cannot bound them, and riptoken measured no
+        # faster than tiktoken on them anyway (docs/benchmarks.md, "SuperBPE").
         preset = next((name for name, regex in PATTERNS.items() if regex == self.pattern), None)
         self._guard = _GUARD_TABLE if preset in _GUARDED_PRESETS else None
         self.engine = "riptoken" if self._guard is not None else "tiktoken"
@@ -338,26 +348,33 @@ class Tokenizer:
         """Which documents riptoken might encode differently: bool per document.
 
         `data` is the uint8 UTF-8 of all documents back to back, `offsets` their int64 boundaries (len n+1).
-        One table lookup, a block-wise AND (eight bytes at a time) and a sliding count over blocks; no Python
-        loop over bytes or documents.
+        Inputs of up to GUARD_SCREEN_MAX_BYTES without a long one-class run are answered without the block scan
+        (`_guard_scan`); the answer is the scan's either way.
         """
-        n_docs = len(offsets) - 1
         if self._guard is None:
-            return np.ones(n_docs, dtype=bool)
+            return np.ones(len(offsets) - 1, dtype=bool)
+        if len(data) < GUARD_RUN_BLOCKS * GUARD_BLOCK or (
+                len(data) <= GUARD_SCREEN_MAX_BYTES
+                and not any(_GUARD_RUN in data.tobytes().translate(t) for t in _GUARD_BIT_TABLES)):
+            return np.zeros(len(offsets) - 1, dtype=bool)
+        return self._guard_scan(data, offsets)
+
+    def _guard_scan(self, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The guard proper: a table lookup, a block-wise AND (eight bytes at a time, then the eight lanes) and an
+        AND over each window of GUARD_RUN_BLOCKS blocks, nonzero where all its bytes share a class bit; no Python
+        loop over bytes or documents."""
+        n_docs = len(offsets) - 1
         n_blocks = len(data) // GUARD_BLOCK
         if n_blocks < GUARD_RUN_BLOCKS:
             return np.zeros(n_docs, dtype=bool)
-        classes = np.take(self._guard, data[: n_blocks * GUARD_BLOCK]).view(np.uint64)
-        blocks = np.bitwise_and.reduce(classes.reshape(n_blocks, GUARD_BLOCK // 8), axis=1)
-        for shift in (32, 16, 8):  # fold the 8 byte lanes into the low byte
-            blocks &= blocks >> np.uint64(shift)
-        blocks = blocks.astype(np.uint8)
-        starts = []
-        for bit in (_LETTER, _DIGIT, _PUNCT, _SPACE):
-            count = np.zeros(n_blocks + 1, dtype=np.int64)
-            np.cumsum((blocks & bit) != 0, out=count[1:])
-            starts.append(np.flatnonzero(count[GUARD_RUN_BLOCKS:] - count[:-GUARD_RUN_BLOCKS] == GUARD_RUN_BLOCKS))
-        hot = np.concatenate(starts)  # first block of each all-one-class window of GUARD_RUN_BLOCKS blocks
+        lanes = np.take(self._guard, data[: n_blocks * GUARD_BLOCK]).view(np.uint64).reshape(n_blocks, -1)
+        blocks = np.bitwise_and.reduce(np.bitwise_and.reduce(lanes, axis=1).view(np.uint8).reshape(n_blocks, 8),
+                                       axis=1)
+        n_windows = n_blocks - GUARD_RUN_BLOCKS + 1
+        window = blocks[:n_windows].copy()
+        for k in range(1, GUARD_RUN_BLOCKS):
+            window &= blocks[k : k + n_windows]
+        hot = np.flatnonzero(window)  # first block of each window whose bytes all share a class bit
         if not len(hot):
             return np.zeros(n_docs, dtype=bool)
         first = np.searchsorted(offsets, hot * GUARD_BLOCK, side="right") - 1

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import jobs, sources
+from pipeline import jobs, progress, sources
 from pipeline.manifest import Manifest
+from pipeline.progress import RowsDone
 from pipeline.shards import ShardReader
 from pipeline.tokenizer import Tokenizer
 from tests.test_tokenizer import reference
@@ -215,3 +217,41 @@ def test_limits_for_trial_runs(corpus_dir, small_tokenizer_dir, tmp_path, ray_cl
     assert {r["source"] for r in result.manifest.shards} == {str(corpus_dir / "part-00.parquet")}
     with pytest.raises(ValueError, match="--limit-docs must be at least 1"):
         _encode(corpus_dir, small_tokenizer_dir, tmp_path / "zero", limit_docs=0)
+
+
+_PROGRESS_LINE = re.compile(r"encode: +[\d.]+% ([\d,]+) docs ([\d,]+) tokens")
+
+
+def test_live_progress_counts_every_row_group(corpus_dir, small_tokenizer_dir, tmp_path, ray_cluster, monkeypatch,
+                                              capsys):
+    """Tasks stream a count per row group to the driver; its log lines (every report, with LOG_EVERY_S = 0)
+    rise once per row group and end at the manifest's totals, on a fresh run and on one that keeps every slice."""
+    monkeypatch.setattr(progress, "LOG_EVERY_S", 0.0)
+    slices = sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=1 << 20).slices
+    assert max(s.rg_end - s.rg_start for s in slices) > 2
+    for run, steps in (("fresh", sum(s.rg_end - s.rg_start for s in slices)), ("kept", len(slices))):
+        result = jobs.encode(str(corpus_dir), small_tokenizer_dir, tmp_path / "out", val_fraction=0.1,
+                             slice_bytes=1 << 20)
+        assert result.slices_kept == (len(slices) if run == "kept" else 0)
+        counts = [tuple(int(g.replace(",", "")) for g in m.groups())
+                  for m in map(_PROGRESS_LINE.match, capsys.readouterr().err.splitlines()) if m]
+        totals = result.manifest.totals()["all"]
+        assert counts == sorted(counts), run
+        assert counts[-1] == (totals["documents"], totals["tokens"]), run
+        assert len({c for c in counts if c[0]}) == steps, run
+
+
+def test_encode_slice_reports_one_item_per_row_group_on_both_paths(corpus_dir, small_tokenizer_dir, tmp_path):
+    """Ray drops the items of a retried generator by position, so the path that keeps a finished slice must
+    yield as many items as the one that encodes it, or a retry's result would be lost."""
+    piece = next(s for s in sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=1 << 20).slices
+                 if s.rg_end - s.rg_start > 2)
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+    args = (piece, str(small_tokenizer_dir), Tokenizer.load(small_tokenizer_dir).sha256, str(tmp_path), 0.1, "text",
+            "id")
+    encoded, kept = list(jobs.encode_slice(*args)), list(jobs.encode_slice(*args))
+    assert len(encoded) == len(kept) == piece.rg_end - piece.rg_start + 1
+    assert all(isinstance(x, RowsDone) for x in encoded[:-1] + kept[:-1])
+    assert encoded[-1] == jobs.SliceDone(encoded[-1].records, False) and kept[-1] == (encoded[-1].records, True)
+    assert [sum(col) for col in zip(*encoded[:-1], strict=True)] == [sum(col) for col in zip(*kept[:-1], strict=True)]

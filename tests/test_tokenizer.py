@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import operator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,8 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.tokenizer import (
+    _GUARD_TABLE,
     BOS,
+    GUARD_BLOCK,
     GUARD_CATCHES_FROM,
+    GUARD_RUN_BLOCKS,
+    GUARD_SCREEN_MAX_BYTES,
     PATTERNS,
     RIPTOKEN_EXACT_BELOW,
     SPECIAL_TOKENS,
@@ -250,3 +256,54 @@ def test_whitespace_run_that_overflows_tiktoken_falls_back_to_the_reference(smal
     """tiktoken's regex engine panics on a run of a million spaces; the HF reference takes over, exactly."""
     text = "start" + " " * 1_000_000 + "end"
     assert small_tokenizer.encode_ordinary(text) == reference(small_tokenizer_dir).encode(text).ids[1:]
+
+
+def _guard_as_specified(data: bytes, offsets: list[int]) -> list[bool]:
+    """The guard's definition, one byte at a time: a document is flagged iff it overlaps a window of
+    GUARD_RUN_BLOCKS consecutive GUARD_BLOCK-byte blocks (aligned to the start of `data`) whose bytes all share a
+    class bit of the guard table."""
+    classes = [int(_GUARD_TABLE[b]) for b in data]
+    flagged = [False] * (len(offsets) - 1)
+    for w in range(len(data) // GUARD_BLOCK - GUARD_RUN_BLOCKS + 1):
+        lo, hi = w * GUARD_BLOCK, (w + GUARD_RUN_BLOCKS) * GUARD_BLOCK
+        if functools.reduce(operator.and_, classes[lo:hi]):
+            for d in range(len(flagged)):
+                flagged[d] |= offsets[d] < hi and offsets[d + 1] > lo
+    return flagged
+
+
+# One character of each guard class (and the bytes that carry several), repeated to a byte length near the
+# guard's thresholds: 6 blocks = 384 bytes, 447 (the longest run that can miss 6 aligned blocks), 454
+# (GUARD_CATCHES_FROM); a multi-byte character may be cut, which leaves invalid UTF-8: the guard sees bytes.
+_run_chars = st.sampled_from([b"a", b"Z", b"7", b"-", b"=", b" ", b"\t", b"\n", b"\r\n", b"\x1c", b"\x00", b"\xff",
+                              *(c.encode() for c in "é中😀\u3000"), b" \n", b"-\n", b"a1", b"a-"])
+_runs = st.builds(lambda unit, n: (unit * (n // len(unit) + 1))[:n], _run_chars,
+                  st.one_of(st.integers(370, 470), st.integers(1, 1300)))
+_prose = st.integers(0, 2 * GUARD_SCREEN_MAX_BYTES).map(lambda n: (b"Plain words, 12 numbers; and more. " * n)[:n])
+_doc_parts = st.one_of(_runs, _prose, st.binary(max_size=130), unicode_text.map(str.encode),
+                       mixed_text.map(str.encode))
+_guard_docs = st.lists(st.lists(_doc_parts, max_size=4).map(b"".join), min_size=1, max_size=6)
+
+
+@settings(max_examples=400, deadline=None)
+@given(docs=_guard_docs)
+def test_guard_screen_and_scan_agree_with_the_definition(docs):
+    """The small-input screen of `exact_needed` and the block scan flag exactly the documents the definition
+    flags, for arbitrary bytes and runs of one class around every threshold, on both sides of
+    GUARD_SCREEN_MAX_BYTES."""
+    tok = Tokenizer.from_ranks({bytes([b]): b for b in range(256)}, PATTERNS["cl100k-d2"], "cl100k-d2")
+    data = np.frombuffer(b"".join(docs), dtype=np.uint8)
+    offsets = np.concatenate(([0], np.cumsum([len(d) for d in docs]))).astype(np.int64)
+    expected = _guard_as_specified(data.tobytes(), offsets.tolist())
+    assert tok.exact_needed(data, offsets).tolist() == expected
+    assert tok._guard_scan(data, offsets).tolist() == expected
+
+
+def test_guard_screen_answers_small_inputs_and_defers_to_the_scan():
+    tok = Tokenizer.from_ranks({bytes([b]): b for b in range(256)}, PATTERNS["cl100k-d2"], "cl100k-d2")
+    prose = ("An ordinary sentence, with words and 12 numbers. " * 80).encode()[:GUARD_SCREEN_MAX_BYTES]
+    run = b"x " * 50 + b"-" * (GUARD_RUN_BLOCKS * GUARD_BLOCK + GUARD_BLOCK) + b" y"
+    for docs, flags in [([prose], [False]), ([prose[:1000], run, b"ok"], [False, True, False]),
+                        ([prose, prose, run], [False, False, True])]:  # the last is above the screen's size
+        data, offsets = utf8_buffer([d.decode() for d in docs])
+        assert tok.exact_needed(data, offsets).tolist() == flags

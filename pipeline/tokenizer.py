@@ -15,6 +15,7 @@ A tokenizer directory holds:
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -569,10 +570,25 @@ class Tokenizer:
         return tok
 
 
-@functools.lru_cache(maxsize=4)
+_LOADED: collections.OrderedDict[str, Tokenizer] = collections.OrderedDict()
+_LOADED_MAX = 4
+
+
 def load_cached(directory: str, sha256: str) -> Tokenizer:
-    """One Tokenizer per process per tokenizer version (Ray workers reuse it across tasks)."""
-    tok = Tokenizer.load(directory)
-    if sha256 and tok.sha256 != sha256:
-        raise ValueError(f"tokenizer at {directory} has sha256 {tok.sha256}, expected {sha256}")
+    """One Tokenizer per process per tokenizer version, whatever directory holds it.
+
+    Ray workers outlive runs, and every run copies its tokenizer into its own OUTDIR, so a cache keyed by
+    directory would parse the same vocabulary again for each run (~0.3 s per worker, docs/benchmarks.md). The
+    sha256 of tokenizer.json fixes everything encoding depends on (ranks, pattern, special tokens); the file in
+    `directory` is still hashed on every call (~1 ms), so a changed directory is never served from the cache."""
+    on_disk = sha256_file(Path(directory) / TOKENIZER_JSON)
+    if sha256 and on_disk != sha256:
+        raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")
+    tok = _LOADED.get(on_disk)
+    if tok is None:
+        tok = Tokenizer.load(directory)
+        _LOADED[on_disk] = tok
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    _LOADED.move_to_end(on_disk)
     return tok

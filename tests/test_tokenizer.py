@@ -28,6 +28,7 @@ from pipeline.tokenizer import (
     SPECIAL_TOKENS,
     Tokenizer,
     build_tokenizer_json,
+    load_cached,
     piece_aligned_chunks,
     resolve_pattern,
     utf8_buffer,
@@ -307,3 +308,21 @@ def test_guard_screen_answers_small_inputs_and_defers_to_the_scan():
                         ([prose, prose, run], [False, False, True])]:  # the last is above the screen's size
         data, offsets = utf8_buffer([d.decode() for d in docs])
         assert tok.exact_needed(data, offsets).tolist() == flags
+
+
+def test_load_cached_shares_one_tokenizer_across_directories_and_checks_the_file(small_tokenizer_dir, tmp_path):
+    """Each run copies its tokenizer into its OUTDIR; a warm worker must not parse it again per run, and must
+    never serve a directory whose tokenizer.json differs from the sha256 it was asked for."""
+    from pipeline.jobs import copy_tokenizer
+
+    sha = Tokenizer.load(small_tokenizer_dir).sha256
+    copy_tokenizer(small_tokenizer_dir, tmp_path / "run-a")
+    copy_tokenizer(small_tokenizer_dir, tmp_path / "run-b")
+    first = load_cached(str(tmp_path / "run-a"), sha)
+    assert load_cached(str(tmp_path / "run-b"), sha) is first
+    assert first.encode_ordinary("cached across runs") == Tokenizer.load(small_tokenizer_dir).encode_ordinary(
+        "cached across runs")
+    changed = tmp_path / "run-b" / "tokenizer.json"
+    changed.write_text(changed.read_text().replace('"<|bos|>"', '"<|BOS|>"'))
+    with pytest.raises(ValueError, match=f"has sha256 [0-9a-f]{{64}}, expected {sha}"):
+        load_cached(str(tmp_path / "run-b"), sha)

@@ -43,6 +43,7 @@ from pipeline.tokenizer import (
 DEFAULT_SAMPLE_BYTES = 200_000_000
 MAX_SAMPLE_DOC_CHARS = 10_000  # long documents are capped so one of them cannot dominate the merge counts
 DEFAULT_VAL_FRACTION = 0.01
+CLUSTER_POLL_S = 1.0  # how often the encode driver re-reads the cluster's CPU count
 
 
 # -- Ray session ------------------------------------------------------------------------------------------
@@ -416,16 +417,22 @@ def encode(
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
         pending = list(reversed(plan.slices))
         in_flight: dict[Any, sources.Slice] = {}  # ObjectRefGenerator -> its slice
+        cluster_cpus, polled = 1, 0.0
         try:
             while pending or in_flight:
-                # Re-read each round: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks too.
-                max_in_flight = _max_in_flight(workers, int(ray.cluster_resources().get("CPU", 1)))
-                while pending and len(in_flight) < max_in_flight:
+                # Re-read now and then: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks
+                # too. Not every round: a round is one progress report, hundreds a second on a large cluster,
+                # and this is a call to Ray's control store.
+                if time.monotonic() - polled >= CLUSTER_POLL_S:
+                    cluster_cpus, polled = int(ray.cluster_resources().get("CPU", 1)), time.monotonic()
+                while pending and len(in_flight) < _max_in_flight(workers, cluster_cpus):
                     s = pending.pop()
                     gen = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction, text_column,
                                       id_column)
                     in_flight[gen] = s
-                ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+                if ready and rest:  # and every other task with a report waiting, in the same round
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 for gen in ready:  # each has its next item ready (or has ended): take one
                     s = in_flight[gen]
                     try:

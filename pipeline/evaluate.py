@@ -206,13 +206,11 @@ def read_eval_text(source: str | None, text_column: str = sources.DEFAULT_TEXT_C
             break
         pf = sources.open_parquet(path)
         names = pf.schema_arrow.names
+        sources.check_text_column(path, pf.schema_arrow, text_column)
         for column in columns:
             if column not in names:
                 raise sources.SourceError(f"{path}: no column {column!r} (columns: {', '.join(names)}); "
                                           f"check {wanted[column]}")
-        text_type = pf.schema_arrow.field(text_column).type
-        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-            raise sources.SourceError(f"{path}: column {text_column!r} is {text_type}, not a string column")
         used_files.append(path)
         row = 0
         for rg in range(pf.metadata.num_row_groups):
@@ -236,8 +234,7 @@ def read_eval_text(source: str | None, text_column: str = sources.DEFAULT_TEXT_C
             try:
                 texts += column.slice(0, take).to_pylist()
             except UnicodeDecodeError:
-                raise sources.SourceError(f"{path}: row group {rg}: {text_column!r} is not valid UTF-8; repair or "
-                                          "drop those rows") from None
+                raise sources.SourceError(sources.invalid_utf8_message(path, column, row, text_column)) from None
             if group_by is not None:
                 groups += [_group_of(v, pattern) for v in table.column(group_by).slice(0, take).to_pylist()]
             if parallel_key is not None:

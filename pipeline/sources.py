@@ -138,7 +138,7 @@ def _text_column_bytes(md: pq.FileMetaData, rg: int, text_column: str) -> int:
     return group.total_byte_size
 
 
-def _check_text_column(path: str, schema: pa.Schema, text_column: str) -> None:
+def check_text_column(path: str, schema: pa.Schema, text_column: str) -> None:
     if text_column not in schema.names:
         raise SourceError(f"{path}: no column {text_column!r} (columns: {', '.join(schema.names)}); "
                           "pass --text-column")
@@ -156,7 +156,7 @@ def _plan_file(file_index: int, path: str, text_column: str, slice_bytes: int, r
                ) -> list[Slice]:
     pf = open_parquet(path)
     md = pf.metadata
-    _check_text_column(path, pf.schema_arrow, text_column)
+    check_text_column(path, pf.schema_arrow, text_column)
     fingerprint = _footer_fingerprint(md)
     slices: list[Slice] = []
     start, row, acc, start_row = 0, 0, 0, 0
@@ -227,7 +227,7 @@ def iter_batches(
     """Stream a slice one row group at a time. Null or non-string texts are an error naming file and row."""
     pf = open_parquet(piece.path)
     names = pf.schema_arrow.names
-    _check_text_column(piece.path, pf.schema_arrow, text_column)
+    check_text_column(piece.path, pf.schema_arrow, text_column)
     columns = [text_column] + ([id_column] if id_column in names else [])
     row = piece.row_start
     name = os.path.basename(piece.path)
@@ -241,7 +241,7 @@ def iter_batches(
         try:
             texts = table.column(text_column).to_pylist()
         except UnicodeDecodeError:
-            raise SourceError(_invalid_utf8_message(piece.path, table.column(text_column), row, text_column)) from None
+            raise SourceError(invalid_utf8_message(piece.path, table.column(text_column), row, text_column)) from None
         if table.column(text_column).null_count:
             bad = next(i for i, t in enumerate(texts) if t is None)
             raise SourceError(f"{piece.path}: row {row + bad} has a null {text_column!r}; drop or fill it")
@@ -254,7 +254,7 @@ def iter_batches(
         row += len(texts)
 
 
-def _invalid_utf8_message(path: str, column: pa.ChunkedArray, first_row: int, text_column: str) -> str:
+def invalid_utf8_message(path: str, column: pa.ChunkedArray, first_row: int, text_column: str) -> str:
     for i, raw in enumerate(column.cast(pa.large_binary()).to_pylist()):
         try:
             (raw or b"").decode("utf-8")

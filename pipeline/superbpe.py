@@ -43,7 +43,7 @@ _DIGITS = {"gpt2": r" ?\p{N}+", "cl100k": r"\p{N}{1,3}", "cl100k-d2": r"\p{N}{1,
 # A span: an optional leading space, then non-space non-digit characters and inner runs of horizontal space that
 # are followed by such a character and do not follow a sentence end; then the newlines that end it. Possessive,
 # and each step matches one disjoint class, so no engine backtracks into it.
-_SPAN = r"[^\S\r\n]?(?:[^\s\p{N}]|(?<![.!?;:])[^\S\r\n]++(?=[^\s\p{N}]))++[\r\n]*"
+_SPAN = r"[^\S\r\n]?(?:[^\s\p{N}]|(?<![" + SENTENCE_END + r"])[^\S\r\n]++(?=[^\s\p{N}]))++[\r\n]*"
 _WHITESPACE = r"\s*[\r\n]|\s+(?!\S)|\s+"
 
 STAGE2_PATTERNS: dict[str, str] = {name: f"{digits}|{_SPAN}|{_WHITESPACE}" for name, digits in _DIGITS.items()}
@@ -56,10 +56,6 @@ def stage2_pattern(stage1_name: str) -> str:
         raise ValueError(f"SuperBPE needs a preset stage-1 pattern ({', '.join(sorted(STAGE2_PATTERNS))}), "
                          f"not {stage1_name!r}: its stage-2 pattern keeps the preset's digit groups")
     return STAGE2_PATTERNS[stage1_name]
-
-
-def is_stage2_pattern(pattern: str) -> bool:
-    return pattern in STAGE2_PATTERNS.values()
 
 
 def split_pieces(texts: Iterable[str], pattern: str) -> Counter[str]:

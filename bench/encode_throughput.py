@@ -42,8 +42,8 @@ from procmem import TreeWatch, mib
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from pipeline import jobs, sources
-from pipeline.tokenizer import Tokenizer
+from tokshard.pipeline import jobs, sources
+from tokshard.pipeline.tokenizer import Tokenizer
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_SOURCE = BENCH.parents[1] / "shared" / "corpus"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.tokenizer import Tokenizer, utf8_buffer
+from tokshard.pipeline.tokenizer import Tokenizer, utf8_buffer
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "val-00000.parquet"
 SIZES = {"100 B": 100, "1 KB": 1_000, "10 KB": 10_000, "1 MB": 1_000_000}

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 import tiktoken
 from procmem import memory  # bench/ is on sys.path when a bench script runs
 
-from pipeline.export import nanogpt_header
-from pipeline.tokenizer import BOS, TOKENIZER_JSON, parse_tokenizer_json
+from tokshard.pipeline.export import nanogpt_header
+from tokshard.pipeline.tokenizer import BOS, TOKENIZER_JSON, parse_tokenizer_json
 
 _enc: tiktoken.Encoding | None = None
 _bos = 0

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import rustbpe
 
-from pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer, utf8_buffer
+from tokshard.pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer, utf8_buffer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

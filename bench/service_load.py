@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.tokenizer import Tokenizer  # noqa: E402
+from tokshard.pipeline.tokenizer import Tokenizer  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "corpus" / "val-00000.parquet"
 
@@ -56,7 +56,7 @@ def free_port() -> int:
 def start_server(tokenizer: str, workers: int, inline_chars: int, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--tokenizer", tokenizer, "--port", str(port),
+    cmd = [sys.executable, "-m", "tokshard", "serve", "--tokenizer", tokenizer, "--port", str(port),
            "--workers", str(workers), "--inline-chars", str(inline_chars), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -29,8 +29,8 @@ import pyarrow.parquet as pq
 import regex
 import rustbpe
 
-from pipeline import jobs, sources, superbpe
-from pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer
+from tokshard.pipeline import jobs, sources, superbpe
+from tokshard.pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -88,7 +88,7 @@ def bpb_runs(tok_dirs: list[Path], shards_src: str, out: Path, steps: int) -> li
                                   show_progress=False).summary())
         runs.append(out / f"run-{tok_dir.name}")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "train", "--data", shards[-1]["out"], "--out", str(runs[-1]),
+            [sys.executable, "-m", "tokshard", "train", "--data", shards[-1]["out"], "--out", str(runs[-1]),
              "--preset", "tiny", "--device", "cpu", "--steps", str(steps), "--eval-every", str(steps), "--json"],
             env=env, stdout=subprocess.DEVNULL))
     results = []

@@ -32,8 +32,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipeline import atomic
-from pipeline.tokenizer import BOS, PATTERNS, build_tokenizer_json
+from tokshard.pipeline import atomic
+from tokshard.pipeline.tokenizer import BOS, PATTERNS, build_tokenizer_json
 
 # tiktoken's own split regex per encoding name; js-tiktoken ships JavaScript-compatible rewrites of them.
 TIKTOKEN_PATTERNS = {"gpt2": "gpt2", "r50k_base": "gpt2", "p50k_base": "gpt2", "p50k_edit": "gpt2",

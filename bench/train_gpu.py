@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainer.model import GPTConfig, count_params
-from trainer.train import H100_BF16_PEAK_FLOPS, TrainConfig, train
+from tokshard.trainer.model import GPTConfig, count_params
+from tokshard.trainer.train import H100_BF16_PEAK_FLOPS, TrainConfig, train
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def main() -> None:
 
 def loader_rate(args: argparse.Namespace) -> None:
     """Batches per second the background loader delivers when nothing else runs (its ceiling)."""
-    from trainer.data import BatchLoader, WindowStream, open_dataset
+    from tokshard.trainer.data import BatchLoader, WindowStream, open_dataset
 
     ds = open_dataset(args.data)
     seq_len = args.seq_len or GPTConfig.preset(args.preset, ds.vocab_size).seq_len

@@ -18,7 +18,7 @@ import rustbpe
 import tokenizers
 from tokenizers import Regex, models, pre_tokenizers, trainers
 
-from pipeline.tokenizer import DEFAULT_PATTERN, PATTERNS, SPECIAL_TOKENS
+from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, PATTERNS, SPECIAL_TOKENS
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 

@@ -22,9 +22,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pipeline import evaluate, export, jobs, sources
-from pipeline.manifest import MANIFEST, Manifest
-from pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
+from tokshard.pipeline import evaluate, export, jobs, sources
+from tokshard.pipeline.manifest import MANIFEST, Manifest
+from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
 TRAIN_TMP_PREFIX = ".tmp-train-"
 EXIT_INCOMPLETE = 1

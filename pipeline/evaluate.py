@@ -61,8 +61,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from pipeline import atomic, jobs, sources
-from pipeline.tokenizer import (
+from tokshard.pipeline import atomic, jobs, sources
+from tokshard.pipeline.tokenizer import (
     DEFAULT_PATTERN,
     METADATA_JSON,
     SPECIAL_TOKENS,

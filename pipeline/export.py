@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import atomic
-from pipeline.manifest import Manifest
-from pipeline.shards import ShardReader
+from tokshard.pipeline import atomic
+from tokshard.pipeline.manifest import Manifest
+from tokshard.pipeline.shards import ShardReader
 
 NANOGPT_MAGIC = 20240520
 NANOGPT_VERSION = 1

@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipeline import atomic, sources, superbpe
-from pipeline.manifest import (
+from tokshard.pipeline import atomic, sources, superbpe
+from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
     claim_out_dir,
@@ -27,9 +27,9 @@ from pipeline.manifest import (
     verify_shards,
     write_slice_records,
 )
-from pipeline.progress import Progress, RowsDone
-from pipeline.shards import SUFFIX, write_shard
-from pipeline.tokenizer import (
+from tokshard.pipeline.progress import Progress, RowsDone
+from tokshard.pipeline.shards import SUFFIX, write_shard
+from tokshard.pipeline.tokenizer import (
     DEFAULT_PATTERN,
     DEFAULT_VOCAB_SIZE,
     METADATA_JSON,
@@ -488,7 +488,7 @@ def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
 
 def copy_tokenizer(src: Path, dest: Path) -> None:
     """Copy a tokenizer directory file by file (atomically each), so OUT/tokenizer is byte-identical to SRC."""
-    from pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
+    from tokshard.pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
 
     for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON):
         if (src / name).is_file():

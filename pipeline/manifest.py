@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import atomic
-from pipeline.shards import FORMAT_VERSION
-from pipeline.tokenizer import Tokenizer, sha256_file
+from tokshard.pipeline import atomic
+from tokshard.pipeline.shards import FORMAT_VERSION
+from tokshard.pipeline.tokenizer import Tokenizer, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tokshard-manifest/1"

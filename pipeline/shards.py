@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline import atomic
+from tokshard.pipeline import atomic
 
 FORMAT_VERSION = "1"
 SUFFIX = ".arrow"

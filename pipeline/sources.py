@@ -31,7 +31,7 @@ class SourceError(ValueError):
 
 def bundled_sample() -> str:
     """Path of the real-text sample that ships inside the package (see pipeline/data/SAMPLE.md)."""
-    return str(resources.files("pipeline") / "data" / "sample.parquet")
+    return str(resources.files("tokshard.pipeline") / "data" / "sample.parquet")
 
 
 def _filesystem(url: str):

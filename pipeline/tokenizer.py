@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import atomic
+from tokshard.pipeline import atomic
 
 # Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {

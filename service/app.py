@@ -18,12 +18,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service import errors
-from service.config import ServiceConfig
-from service.guards import ApiKeyMiddleware, BodyLimitMiddleware
-from service.metrics import Metrics, MetricsMiddleware
-from service.routes import VERSION, router
-from service.state import ServiceState, load_state
+from tokshard.service import errors
+from tokshard.service.config import ServiceConfig
+from tokshard.service.guards import ApiKeyMiddleware, BodyLimitMiddleware
+from tokshard.service.metrics import Metrics, MetricsMiddleware
+from tokshard.service.routes import VERSION, router
+from tokshard.service.state import ServiceState, load_state
 
 DESCRIPTION = """Tokenize and detokenize with a tokshard tokenizer (ids equal its `tokenizer.json`'s), and score
 text in bits per byte under a trained checkpoint. Every error is `{"error": {"message", "type", "param", "code"}}`.

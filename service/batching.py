@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from service.engine import Engine
+from tokshard.service.engine import Engine
 
 
 class Coalescer:

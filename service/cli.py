@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 
-from service.config import API_KEY_ENV, CONFIG_ENV, Limits, ServiceConfig
+from tokshard.service.config import API_KEY_ENV, CONFIG_ENV, Limits, ServiceConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # service.metrics reads the same variable (not imported: no FastAPI here)
 
@@ -86,8 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             import uvicorn
 
-            from service.app import create_app
-            from service.state import load_state
+            from tokshard.service.app import create_app
+            from tokshard.service.state import load_state
         except ModuleNotFoundError as e:
             raise ValueError(f"tokshard serve needs the service extra ({e.name} is not installed): "
                              "pip install 'tokshard[service]'") from None
@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             del state  # each worker loads its own
             os.environ[CONFIG_ENV] = config.to_env()
-            uvicorn.run("service.app:app_from_env", factory=True, workers=args.workers, **common)
+            uvicorn.run("tokshard.service.app:app_from_env", factory=True, workers=args.workers, **common)
     finally:
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)

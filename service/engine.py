@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.tokenizer import Tokenizer, token_str  # bytes -> HF byte-level token string ("Ġthe")
-from service.config import Limits
-from service.errors import ServiceError
+from tokshard.pipeline.tokenizer import Tokenizer, token_str  # bytes -> HF byte-level token string ("Ġthe")
+from tokshard.service.config import Limits
+from tokshard.service.errors import ServiceError
 
 
 def item_param(name: str, index: int, batched: bool) -> str:

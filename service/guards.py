@@ -11,7 +11,7 @@ import hmac
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError, error_response
+from tokshard.service.errors import ServiceError, error_response
 
 # Open without a key: probes must work for orchestrators that hold no secrets, and the API description is public.
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"})

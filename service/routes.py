@@ -16,10 +16,10 @@ import pydantic_core
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service import schemas
-from service.errors import ServiceError
-from service.scoring import aggregate
-from service.state import ServiceState
+from tokshard.service import schemas
+from tokshard.service.errors import ServiceError
+from tokshard.service.scoring import aggregate
+from tokshard.service.state import ServiceState
 
 VERSION = "0.1.0"
 # Every error any route can answer, for /docs (the body is always schemas.ErrorResponse).

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.tokenizer import Tokenizer
+from tokshard.pipeline.tokenizer import Tokenizer
 
 LN2 = math.log(2.0)
 
@@ -34,7 +34,7 @@ class Scorer:
 
     def score(self, sequences: list[list[int]], token_bytes: Any) -> list[dict[str, Any]]:
         """One {nats, bytes, tokens, bpb} per sequence (each starts with <|bos|>), via trainer.bpb."""
-        from trainer.bpb import score_sequences
+        from tokshard.trainer.bpb import score_sequences
 
         scores = score_sequences(self.model, sequences, token_bytes, self.context_len, device="cpu")
         return [{"bpb": s.bpb, "nats": s.nats, "bytes": s.bytes, "tokens": s.tokens} for s in scores]
@@ -50,9 +50,9 @@ def aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def load_scorer(path: str, tokenizer: Tokenizer) -> Scorer:
     """Load CKPT for scoring; ValueError (a clear start-up error) when it cannot serve this tokenizer."""
     try:
-        from trainer.checkpoint import load_inference
+        from tokshard.trainer.checkpoint import load_inference
     except ModuleNotFoundError as e:
-        if e.name not in ("torch", "trainer", "trainer.checkpoint"):
+        if e.name not in ("torch", "tokshard.trainer", "tokshard.trainer.checkpoint"):
             raise
         raise ValueError(f"--checkpoint needs the trainer extra ({e.name} is not installed): "
                          "pip install 'tokshard[trainer]', or serve without --checkpoint") from None

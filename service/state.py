@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from pipeline.tokenizer import Tokenizer
-from service.batching import Coalescer
-from service.config import ServiceConfig
-from service.engine import Engine
-from service.metrics import Metrics
-from service.scoring import Scorer, load_scorer
+from tokshard.pipeline.tokenizer import Tokenizer
+from tokshard.service.batching import Coalescer
+from tokshard.service.config import ServiceConfig
+from tokshard.service.engine import Engine
+from tokshard.service.metrics import Metrics
+from tokshard.service.scoring import Scorer, load_scorer
 
 T = TypeVar("T")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -15,10 +18,43 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="tokshard-ray-"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from pipeline import sources
-from pipeline.tokenizer import Tokenizer
+import tokenizers
 
-SHARED_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+from tokshard.pipeline import sources
+from tokshard.pipeline.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (every server a test starts binds 127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_tokshard(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600,
+                 **kwargs) -> subprocess.CompletedProcess:
+    """`tokshard ARGS` in a subprocess, as a user runs it; with check, a non-zero exit fails the test with stderr."""
+    proc = subprocess.run([sys.executable, "-m", "tokshard", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})}, timeout=timeout, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tokshard {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def hf_reference(tok_dir: Path) -> tokenizers.Tokenizer:
+    """tokenizer.json as HF tokenizers loads it, the reference every engine is checked against; special-token text
+    inside documents is plain text, as in tokshard."""
+    hf = tokenizers.Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
+    hf.encode_special_tokens = True
+    return hf
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    """Every shard of a run by split/name, for byte-identity checks between runs."""
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(Path(out).glob("*/shard-*.arrow"))}
 
 
 def sample_texts(limit: int | None = None) -> list[str]:
@@ -40,7 +76,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def small_tokenizer_dir(tmp_path_factory, ray_cluster) -> Path:
     """A 2048-token tokenizer trained by the real Ray job on the bundled sample."""
-    from pipeline import jobs
+    from tokshard.pipeline import jobs
 
     out = tmp_path_factory.mktemp("tok") / "tokenizer"
     jobs.train_tokenizer(None, out, vocab_size=2048, sample_bytes=2_000_000)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from pipeline import atomic
-from trainer.model import GPT, GPTConfig
+from tokshard.pipeline import atomic
+from tokshard.trainer.model import GPT, GPTConfig
 
 INFERENCE_FORMAT = "tokshard-inference/1"
 TRAIN_FORMAT = "tokshard-train/1"

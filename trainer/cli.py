@@ -67,7 +67,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainer.train import TrainConfig, train
+    from tokshard.trainer.train import TrainConfig, train
 
     names = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from trainer.sample import sample
+    from tokshard.trainer.sample import sample
 
     out = sample(args.checkpoint, args.prompt, max_new_tokens=args.max_tokens, temperature=args.temperature,
                  top_k=args.top_k or None, seed=args.seed, tokenizer_dir=args.tokenizer, device=args.device)

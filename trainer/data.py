@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.manifest import Manifest
-from pipeline.shards import ShardReader
-from pipeline.tokenizer import Tokenizer
+from tokshard.pipeline.manifest import Manifest
+from tokshard.pipeline.shards import ShardReader
+from tokshard.pipeline.tokenizer import Tokenizer
 
 
 @dataclass

@@ -9,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from pipeline import atomic
+from tokshard.pipeline import atomic
 
 
 def plot_run(log_path: str | Path, png_path: str | Path) -> Path:

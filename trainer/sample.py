@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.tokenizer import Tokenizer
-from trainer.checkpoint import load_inference
-from trainer.model import GPT
+from tokshard.pipeline.tokenizer import Tokenizer
+from tokshard.trainer.checkpoint import load_inference
+from tokshard.trainer.model import GPT
 
 
 @torch.inference_mode()

@@ -32,11 +32,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline import atomic
-from trainer import checkpoint, optim
-from trainer.bpb import Score, score_windows
-from trainer.data import BatchLoader, WindowStream, open_dataset, val_windows
-from trainer.model import GPT, GPTConfig
+from tokshard.pipeline import atomic
+from tokshard.trainer import checkpoint, optim
+from tokshard.trainer.bpb import Score, score_windows
+from tokshard.trainer.data import BatchLoader, WindowStream, open_dataset, val_windows
+from tokshard.trainer.model import GPT, GPTConfig
 
 H100_BF16_PEAK_FLOPS = 989e12  # H100 SXM dense bf16 tensor-core peak (NVIDIA datasheet; 756e12 for the PCIe card)
 
@@ -284,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] | 
         del state
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        from pipeline.jobs import copy_tokenizer
+        from tokshard.pipeline.jobs import copy_tokenizer
 
         copy_tokenizer(ds.tokenizer_dir, out / TOKENIZER)
         atomic.write_json(out / CONFIG_JSON, {"train": c, "model": model_cfg.to_dict(),
@@ -421,6 +421,6 @@ def _fmt(x: float | None) -> str:
 
 
 def _plot(out: Path) -> None:
-    from trainer.plot import plot_run
+    from tokshard.trainer.plot import plot_run
 
     plot_run(out / LOG, out / PLOT)

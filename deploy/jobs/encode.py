@@ -10,7 +10,7 @@ running cluster) is added unless given.
 
 import sys
 
-from pipeline.cli import main_on_cluster
+from tokshard.pipeline.cli import main_on_cluster
 
 if __name__ == "__main__":
     sys.exit(main_on_cluster("encode", sys.argv[1:]))

@@ -10,7 +10,7 @@ The cluster launcher copies only this file to the head node, so tokshard must al
 
 import sys
 
-from pipeline.cli import main_on_cluster
+from tokshard.pipeline.cli import main_on_cluster
 
 if __name__ == "__main__":
     sys.exit(main_on_cluster("train-tokenizer", sys.argv[1:]))

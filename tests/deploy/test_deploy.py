@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import Manifest
 from tests.local_cluster import RAY, LocalCluster, wait_for
+from tokshard.pipeline.manifest import Manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

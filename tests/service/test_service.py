@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,9 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import sample_texts
+from tests.conftest import REPO, free_port, run_tokshard, sample_texts
 
-REPO = Path(__file__).resolve().parents[1]
 API_KEY = "test-key-0123456789"
 EDGE_TEXTS = ["", "<|bos|> looks special but is plain text <|pad|>", " " * 1500, "=" * 700 + "\n" + "-" * 600,
               "中文 テキスト 한국어 😀 naïve café", "tab\tand\r\nnewlines\x00\x1f control", "a", "  leading spaces",
@@ -47,26 +45,18 @@ class Server:
         return httpx2.Client(base_url=self.url, timeout=60, **kwargs)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tokshard(*args: str, env: dict[str, str] | None = None, **kwargs) -> list[str] | subprocess.CompletedProcess:
-    """Run `tokshard ARGS` as a user would (PYTHONPATH: the repo, so service/ and trainer/ import from it)."""
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, timeout=120, **kwargs)
+def tokshard(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return run_tokshard(*args, check=False, env=env, timeout=120, **kwargs)
 
 
 @contextlib.contextmanager
 def serve(*args: str, log: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
     """`tokshard serve ARGS` on a free loopback port; yields once /readyz answers 200; SIGTERM by PID at the end."""
-    port = _free_port()
-    cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), "--log-level", "warning", *args]
+    port = free_port()
+    cmd = [sys.executable, "-m", "tokshard", "serve", "--port", str(port), "--log-level", "warning", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                                env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     try:
         deadline = time.monotonic() + 90
@@ -134,8 +124,8 @@ def checkpoint(small_tokenizer, tmp_path_factory) -> Path:
     """A tiny GPT from trainer/, a few AdamW steps on the bundled sample (fixed seed), exported for inference."""
     import torch
 
-    from trainer.checkpoint import export_inference
-    from trainer.model import GPT, GPTConfig
+    from tokshard.trainer.checkpoint import export_inference
+    from tokshard.trainer.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=small_tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32, seq_len=SEQ_LEN)
@@ -406,8 +396,8 @@ def test_error_messages_name_the_problem(client):
 
 # -- bits per byte -------------------------------------------------------------------------------------------
 def test_bpb_equals_the_trainers_score(client, small_tokenizer, checkpoint):
-    from trainer.bpb import LN2, score_sequences
-    from trainer.checkpoint import load_inference
+    from tokshard.trainer.bpb import LN2, score_sequences
+    from tokshard.trainer.checkpoint import load_inference
 
     texts = [t[:1500] for t in sample_texts(6)] + ["<|bos|> is text here", "短い日本語のテキスト", "", "x"]
     r = client.post("/v1/bpb", json={"texts": texts})
@@ -438,7 +428,7 @@ def test_bpb_equals_the_trainers_score(client, small_tokenizer, checkpoint):
 
 def test_serve_refuses_a_checkpoint_of_another_tokenizer(small_tokenizer, small_tokenizer_dir, checkpoint,
                                                          tmp_path):
-    from trainer.checkpoint import export_inference, load_inference
+    from tokshard.trainer.checkpoint import export_inference, load_inference
 
     inf = load_inference(checkpoint)
     other = export_inference(tmp_path / "other.pt", inf.model, inf.config, tokenizer_sha256="0" * 64, step=1,
@@ -453,9 +443,9 @@ def test_serve_refuses_a_checkpoint_of_another_tokenizer(small_tokenizer, small_
 
 
 def test_coalescer_encodes_concurrent_requests_in_one_engine_call(small_tokenizer):
-    from service.batching import Coalescer
-    from service.config import Limits
-    from service.engine import Engine
+    from tokshard.service.batching import Coalescer
+    from tokshard.service.config import Limits
+    from tokshard.service.engine import Engine
 
     engine = Engine(small_tokenizer, Limits())
     texts = [(f"request text {i}, naïve ünïcode and digits 0123. " * 30)[:900] for i in range(30)]

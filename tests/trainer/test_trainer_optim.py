@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from trainer.model import GPT, GPTConfig
-from trainer.optim import Muon, build_optimizers, lr_multiplier, orthogonalize, param_groups
+from tokshard.trainer.model import GPT, GPTConfig
+from tokshard.trainer.optim import Muon, build_optimizers, lr_multiplier, orthogonalize, param_groups
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 64), (48, 48)])

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.shards import ShardReader, write_shard
-from trainer.data import BatchLoader, WindowStream, val_windows
+from tokshard.pipeline.shards import ShardReader, write_shard
+from tokshard.trainer.data import BatchLoader, WindowStream, val_windows
 
 SEQ = 8
 

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline import atomic
-from pipeline.shards import ShardReader, write_shard
+from tokshard.pipeline import atomic
+from tokshard.pipeline.shards import ShardReader, write_shard
 
 
 def _write(tmp_path, tok, texts, name="s.arrow"):
@@ -79,7 +79,7 @@ def test_failed_write_leaves_nothing(tmp_path, small_tokenizer):
 
 _KILLED_WRITER = """
 import sys, time, numpy as np
-from pipeline import shards
+from tokshard.pipeline import shards
 import pyarrow as pa
 real_new_stream = pa.ipc.new_stream
 class Slow:

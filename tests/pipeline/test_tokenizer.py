@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import regex
 import rustbpe
-import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.tokenizer import (
+from tests.conftest import SHARED_CORPUS, hf_reference, sample_texts
+from tokshard.pipeline.tokenizer import (
     _GUARD_TABLE,
     BOS,
     GUARD_BLOCK,
@@ -33,14 +33,6 @@ from pipeline.tokenizer import (
     resolve_pattern,
     utf8_buffer,
 )
-from tests.conftest import SHARED_CORPUS, sample_texts
-
-
-def reference(tok_dir) -> tokenizers.Tokenizer:
-    """tokenizer.json as HF loads it; special-token text in documents is plain text, as in tokshard."""
-    hf = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    hf.encode_special_tokens = True
-    return hf
 
 
 def train(texts: list[str], vocab: int, pattern_name: str) -> Tokenizer:
@@ -55,7 +47,7 @@ def pattern_tokenizer(request, tmp_path_factory):
     tok = train(sample_texts(1500), 3000, request.param)
     d = tmp_path_factory.mktemp(f"tok-{request.param}")
     tok.save(d)
-    return Tokenizer.load(d), reference(d)
+    return Tokenizer.load(d), hf_reference(d)
 
 
 def test_every_pattern_matches_tokenizer_json_on_real_text(pattern_tokenizer):
@@ -77,7 +69,7 @@ def test_real_corpus_identity_at_32k(tmp_path):
         texts = sample_texts()
         tok = train(texts, 8192, "cl100k-d2")
     tok.save(tmp_path)
-    hf = reference(tmp_path)
+    hf = hf_reference(tmp_path)
     ours = tok.encode_batch(texts, bos=True)
     theirs = [e.ids for e in hf.encode_batch(texts)]
     assert sum(a != b for a, b in zip(ours, theirs, strict=True)) == 0
@@ -209,7 +201,7 @@ def test_uint32_when_vocabulary_exceeds_uint16(tmp_path):
     assert tok.vocab_size == 66_000, "the bundled sample should support a 66k vocabulary"
     assert tok.dtype == np.uint32
     tok.save(tmp_path)
-    hf = reference(tmp_path)
+    hf = hf_reference(tmp_path)
     some = texts[:200]
     assert tok.encode_batch(some) == [e.ids for e in hf.encode_batch(some)]
     assert max(max(ids) for ids in tok.encode_batch(texts[:2000])) > 65535
@@ -240,7 +232,7 @@ def test_piece_aligned_chunks_encode_like_the_whole(pattern_tokenizer, parts, ch
 
 
 def test_long_documents_go_through_chunks_with_the_same_ids(small_tokenizer, monkeypatch):
-    import pipeline.tokenizer as tokenizer_module
+    import tokshard.pipeline.tokenizer as tokenizer_module
 
     texts = sample_texts(40)
     long_doc = "\n".join(texts[:30])
@@ -256,7 +248,7 @@ def test_long_documents_go_through_chunks_with_the_same_ids(small_tokenizer, mon
 def test_whitespace_run_that_overflows_tiktoken_falls_back_to_the_reference(small_tokenizer, small_tokenizer_dir):
     """tiktoken's regex engine panics on a run of a million spaces; the HF reference takes over, exactly."""
     text = "start" + " " * 1_000_000 + "end"
-    assert small_tokenizer.encode_ordinary(text) == reference(small_tokenizer_dir).encode(text).ids[1:]
+    assert small_tokenizer.encode_ordinary(text) == hf_reference(small_tokenizer_dir).encode(text).ids[1:]
 
 
 def _guard_as_specified(data: bytes, offsets: list[int]) -> list[bool]:
@@ -313,7 +305,7 @@ def test_guard_screen_answers_small_inputs_and_defers_to_the_scan():
 def test_load_cached_shares_one_tokenizer_across_directories_and_checks_the_file(small_tokenizer_dir, tmp_path):
     """Each run copies its tokenizer into its OUTDIR; a warm worker must not parse it again per run, and must
     never serve a directory whose tokenizer.json differs from the sha256 it was asked for."""
-    from pipeline.jobs import copy_tokenizer
+    from tokshard.pipeline.jobs import copy_tokenizer
 
     sha = Tokenizer.load(small_tokenizer_dir).sha256
     copy_tokenizer(small_tokenizer_dir, tmp_path / "run-a")

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import jobs
-from pipeline.export import Piece, export_nanogpt, plan_files
-from pipeline.manifest import Manifest
-from pipeline.shards import ShardReader
-from pipeline.tokenizer import Tokenizer
 from tests.conftest import sample_texts, write_parquet
+from tokshard.pipeline import jobs
+from tokshard.pipeline.export import Piece, export_nanogpt, plan_files
+from tokshard.pipeline.manifest import Manifest
+from tokshard.pipeline.shards import ShardReader
+from tokshard.pipeline.tokenizer import Tokenizer
 
 FILE_TOKENS = 8_000  # a few documents of the sample are longer: they must be cut
 

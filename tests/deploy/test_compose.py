@@ -34,14 +34,15 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.cli import build_parser
-from pipeline.manifest import Manifest
-from pipeline.tokenizer import Tokenizer
 from tests.conftest import sample_texts
 from tests.local_cluster import LocalCluster, free_port, wait_for
+from tokshard.pipeline.cli import build_parser
+from tokshard.pipeline.manifest import Manifest
+from tokshard.pipeline.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+PACKAGE_FOLDERS = ("tokshard", "pipeline", "service", "trainer")  # what pyproject's package-dir installs
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 CLUSTER_CONFIGS = [REPO / "deploy" / "cluster-aws.yaml", REPO / "deploy" / "cluster-onprem.yaml"]
@@ -150,7 +151,7 @@ def check_command(args: list[str]) -> Any:
 def test_console_scripts_are_what_the_image_installs():
     from importlib.metadata import distribution
 
-    assert PYPROJECT["project"]["scripts"] == {"tokshard": "pipeline.cli:main"}
+    assert PYPROJECT["project"]["scripts"] == {"tokshard": "tokshard.pipeline.cli:main"}
     ray_scripts = {ep.name for ep in distribution("ray").entry_points if ep.group == "console_scripts"}
     assert "ray" in ray_scripts
 
@@ -441,10 +442,10 @@ def test_dockerfile_installs_the_dependencies_of_pyproject_before_the_source(tmp
 
     wheel = next(s for s in dockerfile_stages() if s.name == "wheel")
     sources = {rest.split()[0] for keyword, rest in wheel.instructions if keyword == "COPY"}
-    packages = {"pipeline", "service", "trainer"}
-    assert sources == {"README.md", *packages}
-    assert project["readme"] == "README.md" and PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == [
-        f"{p}*" for p in sorted(packages)]
+    folders = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
+    assert folders == {"tokshard", "pipeline", "service", "trainer"}
+    assert sources == {"README.md", *folders}
+    assert project["readme"] == "README.md"
 
 
 def dockerignore_included(path: str, patterns: list[tuple[bool, re.Pattern]]) -> bool:
@@ -472,7 +473,7 @@ def dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
 def test_dockerignore_sends_only_what_the_image_needs():
     patterns = dockerignore_patterns()
     needed = ["pyproject.toml", "README.md"] + [
-        str(p.relative_to(REPO)) for pkg in ("pipeline", "service", "trainer") for p in (REPO / pkg).rglob("*")
+        str(p.relative_to(REPO)) for pkg in PACKAGE_FOLDERS for p in (REPO / pkg).rglob("*")
         if p.is_file() and "__pycache__" not in p.parts]
     assert "pipeline/data/sample.parquet" in needed
     missing = [p for p in needed if not dockerignore_included(p, patterns)]
@@ -538,7 +539,7 @@ def test_cluster_config_installs_this_checkout_and_starts_ray(path):
     mounts = config["file_mounts"]
     assert mounts.pop("~/.ray/auth_token") == "~/.ray/auth_token", "every node gets the cluster's auth token"
     # The same files as the Docker build context, to the same place on every node.
-    assert mounts == {f"~/tokshard/{p}": p for p in ("pyproject.toml", "README.md", "pipeline", "service", "trainer")}
+    assert mounts == {f"~/tokshard/{p}": p for p in ("pyproject.toml", "README.md", *PACKAGE_FOLDERS)}
     patterns = dockerignore_patterns()
     assert all((REPO / p).exists() and dockerignore_included(p, patterns) for p in mounts.values())
     commands = [c for key in ("initialization_commands", "setup_commands", "head_setup_commands",

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import jobs
-from pipeline.shards import ShardReader
-from tests.conftest import sample_texts
+from tests.conftest import sample_texts, shard_bytes
 from tests.local_cluster import LocalCluster, processes_mentioning, task_processes, wait_for
+from tokshard.pipeline import jobs
+from tokshard.pipeline.shards import ShardReader
 
 SLICE_MB = 1
 
@@ -45,21 +45,17 @@ def reference(big_source, small_tokenizer_dir, tmp_path_factory, ray_cluster):
     return out
 
 
-def _shard_bytes(out) -> dict[str, bytes]:
-    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(out.glob("*/shard-*.arrow"))}
-
-
 def _assert_exactly_once_and_identical(out, reference, big_source) -> None:
     ids = Counter()
     for p in out.glob("*/shard-*.arrow"):
         with ShardReader(p) as r:
             ids.update(r.ids)
     assert ids == Counter(pq.read_table(big_source, columns=["id"]).column("id").to_pylist())
-    assert _shard_bytes(out) == _shard_bytes(reference)
+    assert shard_bytes(out) == shard_bytes(reference)
 
 
 def _encode_cmd(big_source, tok_dir, out, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "encode", "--source", str(big_source), "--tokenizer", str(tok_dir),
+    return [sys.executable, "-m", "tokshard", "encode", "--source", str(big_source), "--tokenizer", str(tok_dir),
             "--out", str(out), "--slice-mb", str(SLICE_MB), "--no-progress", "--json", *extra]
 
 

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import sources
 from tests.conftest import write_parquet
+from tokshard.pipeline import sources
 
 
 def test_bundled_sample_is_real_fineweb_shaped_text():

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.bpb import Score, plan_windows, score_sequences, score_windows
-from trainer.model import GPT, GPTConfig
+from tokshard.trainer.bpb import Score, plan_windows, score_sequences, score_windows
+from tokshard.trainer.model import GPT, GPTConfig
 
 # ids 0..4 are text tokens of 1, 2, 1, 3, 1 bytes; id 5 plays <|bos|> (0 bytes, special)
 TOKEN_BYTES = np.array([1, 2, 1, 3, 1, 0], dtype=np.int32)

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import jobs
-from pipeline.shards import ShardReader
-from pipeline.tokenizer import PATTERNS, Tokenizer
 from tests.conftest import sample_texts, write_parquet
-from trainer import checkpoint
-from trainer.bpb import score_windows
-from trainer.data import open_dataset, val_windows
-from trainer.train import TrainConfig, train
+from tokshard.pipeline import jobs
+from tokshard.pipeline.shards import ShardReader
+from tokshard.pipeline.tokenizer import PATTERNS, Tokenizer
+from tokshard.trainer import checkpoint
+from tokshard.trainer.bpb import score_windows
+from tokshard.trainer.data import open_dataset, val_windows
+from tokshard.trainer.train import TrainConfig, train
 
 TOKSHARD = str(Path(sys.executable).with_name("tokshard"))
 

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.conftest import run_tokshard
 from tests.local_cluster import LocalCluster
 
-
-def tokshard(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tokshard {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return proc
+tokshard = run_tokshard
 
 
 @pytest.fixture(scope="module")

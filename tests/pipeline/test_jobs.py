@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import jobs, progress, sources
-from pipeline.manifest import Manifest
-from pipeline.progress import RowsDone
-from pipeline.shards import ShardReader
-from pipeline.tokenizer import Tokenizer
-from tests.test_tokenizer import reference
+from tests.conftest import hf_reference, shard_bytes
+from tokshard.pipeline import jobs, progress, sources
+from tokshard.pipeline.manifest import Manifest
+from tokshard.pipeline.progress import RowsDone
+from tokshard.pipeline.shards import ShardReader
+from tokshard.pipeline.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_every_document_exactly_once_with_exact_ids(encoded, corpus_dir, small_t
     assert result.complete and result.errors == []
     docs = _source_docs(corpus_dir)
     seen = Counter()
-    hf = reference(small_tokenizer_dir)
+    hf = hf_reference(small_tokenizer_dir)
     tok = Tokenizer.load(out / "tokenizer")
     splits = set()
     for rec, doc_id, row in _shard_rows(out):
@@ -146,10 +146,6 @@ def _encode(src, tok_dir, out, **kw):
     return jobs.encode(str(src), tok_dir, out, val_fraction=0.1, slice_bytes=100_000, show_progress=False, **kw)
 
 
-def _shard_bytes(out) -> dict[str, bytes]:
-    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(out.glob("*/shard-*.arrow"))}
-
-
 def test_rerun_keeps_verified_slices_and_redoes_only_the_broken(encoded, corpus_dir, small_tokenizer_dir, tmp_path):
     import shutil
 
@@ -166,7 +162,7 @@ def test_rerun_keeps_verified_slices_and_redoes_only_the_broken(encoded, corpus_
     (out / "manifest.json").unlink()
     fixed = _encode(corpus_dir, small_tokenizer_dir, out)
     assert fixed.complete and fixed.slices_encoded == 2 and fixed.slices_kept == again.slices_kept - 2
-    assert _shard_bytes(out) == _shard_bytes(ref)
+    assert shard_bytes(out) == shard_bytes(ref)
     assert Manifest.read(out).verify(out) == []
 
 
@@ -190,7 +186,7 @@ def test_rerun_with_other_settings_or_changed_files_is_refused(encoded, corpus_d
     pq.write_table(pq.read_table(src / "part-02.parquet").slice(0, 10), src / "part-02.parquet")
     with pytest.raises(ValueError, match=r"source file\(s\) changed .*part-02\.parquet"):
         _encode(src, small_tokenizer_dir, tmp_path / "out2")
-    assert _shard_bytes(tmp_path / "out2") == _shard_bytes(ref)  # refused before touching anything
+    assert shard_bytes(tmp_path / "out2") == shard_bytes(ref)  # refused before touching anything
 
 
 def test_a_fixed_bad_file_is_encoded_on_the_next_run(corpus_dir, small_tokenizer_dir, tmp_path, ray_cluster):

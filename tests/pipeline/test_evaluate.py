@@ -15,8 +15,8 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from pipeline import cli, evaluate, jobs
-from pipeline.tokenizer import PATTERNS, Tokenizer
+from tokshard.pipeline import cli, evaluate, jobs
+from tokshard.pipeline.tokenizer import PATTERNS, Tokenizer
 
 # Two "languages" of parallel text (same key = same content) plus an unpaired reference document.
 ROWS = [  # text, lang, key

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import checkpoint
-from trainer.model import GPT, GPTConfig, count_params
+from tokshard.trainer import checkpoint
+from tokshard.trainer.model import GPT, GPTConfig, count_params
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

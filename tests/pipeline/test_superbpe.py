@@ -16,9 +16,9 @@ import tokenizers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import cli, jobs, sources, superbpe
-from pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer, resolve_pattern
-from tests.conftest import SHARED_CORPUS
+from tests.conftest import SHARED_CORPUS, hf_reference
+from tokshard.pipeline import cli, jobs, sources, superbpe
+from tokshard.pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer, resolve_pattern
 
 # Total sizes, special tokens included. The saving grows with the vocabulary (measured on the held-out English of
 # the bundled sample: 2.1% fewer tokens at 1,024/768, 4.2% at 2,048/1,792, 6.9% at 4,096/3,584).
@@ -40,11 +40,6 @@ def _ordinary(texts: list[str], vocab: int, pattern: str = "cl100k-d2") -> dict[
     return dict(bpe.get_mergeable_ranks())
 
 
-def _reference(tok_dir) -> tokenizers.Tokenizer:
-    hf = tokenizers.Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    hf.encode_special_tokens = True
-    return hf
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -57,7 +52,7 @@ def trained(tmp_path_factory):
     Tokenizer.from_ranks(ranks, pattern, "superbpe-cl100k-d2").save(d)
     ordinary = Tokenizer.from_ranks(_ordinary(train, VOCAB), PATTERNS["cl100k-d2"], "cl100k-d2")
     return {"train": train, "held_out": held_out, "stage1": stage1, "ranks": ranks, "stats": stats,
-            "tok": Tokenizer.load(d), "hf": _reference(d), "ordinary": ordinary}
+            "tok": Tokenizer.load(d), "hf": hf_reference(d), "ordinary": ordinary}
 
 
 unicode_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300)
@@ -130,7 +125,7 @@ def test_superwords_are_learned_and_capped(trained):
 
 _RETRAIN = """
 import hashlib, pickle, sys
-from pipeline import superbpe
+from tokshard.pipeline import superbpe
 texts, stage1, n = pickle.load(open(sys.argv[1], "rb"))
 ranks, _ = superbpe.train_stage2(texts, stage1, superbpe.stage2_pattern("cl100k-d2"), n)
 print(hashlib.sha256(pickle.dumps(sorted(ranks.items(), key=lambda kv: kv[1]))).hexdigest())

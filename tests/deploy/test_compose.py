@@ -1,13 +1,13 @@
 """deploy/: the Docker image, docker-compose.yml and the Ray cluster launcher configs, checked without a Docker engine.
 
-There is no Docker engine where these tests run, so the files are checked statically: every command a service or a
-node runs is parsed by the real parser of the program it names (tokshard's argparse, Ray's click commands); ports,
-addresses, environment, volumes and healthchecks are cross-checked between services; the Dockerfile's own
-requirement-extraction code runs against pyproject.toml; the cluster YAMLs go through Ray's own preparation and
-schema validation; `docker compose config` runs when a compose v2 binary is installed. Then the compose topology
-runs as local processes, with the commands read from docker-compose.yml: a token-authenticated Ray head and two
-workers (tests/local_cluster.py), the `encode` service's job submission, the `api` service's `tokshard serve`, and
-every healthcheck run against them.
+These checks need no engine (test_compose_cluster.py and test_ray_up.py run the real thing, marked `compose`): every
+command a service or a node runs is parsed by the real parser of the program it names (tokshard's argparse, Ray's
+click commands); ports, addresses, environment, volumes and healthchecks are cross-checked between services; the
+Dockerfile's own requirement-extraction code runs against pyproject.toml; the cluster YAMLs go through Ray's own
+preparation and schema validation; `docker compose config` runs when a compose v2 or newer binary is installed.
+Then the compose topology runs as local processes, with the commands read from docker-compose.yml: a
+token-authenticated Ray head and two workers (tests/local_cluster.py), the `encode` service's job submission, the
+`api` service's `tokshard serve`, and every healthcheck run against them.
 """
 
 from __future__ import annotations
@@ -282,7 +282,8 @@ def test_compose_volumes_resources_and_gpu_profile():
 
 
 def _compose_binary() -> list[str] | None:
-    """`docker compose` (the plugin) or a standalone `docker-compose` v2, if this machine has one."""
+    """`docker compose` (the plugin) or a standalone `docker-compose`, v2 or newer, if this machine has one (v1, the
+    Python `docker-compose`, reads the file differently)."""
     candidates = [["docker", "compose"], ["docker-compose"], [str(BIN / "docker-compose")]]
     for candidate in candidates:
         if shutil.which(candidate[0]) or Path(candidate[0]).is_file():
@@ -290,7 +291,8 @@ def _compose_binary() -> list[str] | None:
                 proc = subprocess.run([*candidate, "version"], capture_output=True, text=True, timeout=30)
             except OSError:
                 continue
-            if proc.returncode == 0 and re.search(r"version v?2\.", proc.stdout):
+            m = re.search(r"version v?(\d+)\.", proc.stdout)
+            if proc.returncode == 0 and m and int(m.group(1)) >= 2:
                 return candidate
     return None
 
@@ -298,7 +300,7 @@ def _compose_binary() -> list[str] | None:
 def test_docker_compose_config_accepts_the_file():
     compose = _compose_binary()
     if compose is None:
-        pytest.skip("no `docker compose` v2 here; the file is checked by the other tests")
+        pytest.skip("no `docker compose` v2+ here; the file is checked by the other tests")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TOKSHARD_"))}
     for profile in ([], ["--profile", "gpu"]):
         proc = subprocess.run([*compose, "-f", str(COMPOSE_FILE), *profile, "config", "--format", "json"],

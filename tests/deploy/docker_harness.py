@@ -2,8 +2,9 @@
 remove themselves (containers, networks, volumes) whatever the test's outcome.
 
 Every name a test creates carries one run id (`tokshard-test-<hex>`), so a test only ever removes what it made and
-two runs on one engine never meet. `DOCKER` names the client (default `docker`); it must build with BuildKit
-(`RUN --mount`): Debian's docker.io client does with DOCKER_BUILDKIT=1, which is set here.
+two runs on one engine never meet. The client must build with BuildKit (`RUN --mount`): `DOCKER` names it, else the
+first of `docker` and Debian's /usr/bin/docker that can (Docker >= 23 needs the buildx plugin for BuildKit; older
+clients, like Debian bookworm's docker.io 20.10, have it built in with DOCKER_BUILDKIT=1, which is set here).
 """
 
 from __future__ import annotations
@@ -12,13 +13,29 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKER = os.environ.get("DOCKER", "docker")
+
+
+def buildkit_client() -> str:
+    """The first Docker client that builds with BuildKit; `docker` if none does (the build then says why)."""
+    for client in ("docker", "/usr/bin/docker"):
+        if not shutil.which(client):
+            continue
+        version = subprocess.run([client, "version", "--format", "{{.Client.Version}}"], capture_output=True,
+                                 text=True).stdout.strip()
+        has_buildx = subprocess.run([client, "buildx", "version"], capture_output=True).returncode == 0
+        if has_buildx or (version[:2].isdigit() and int(version.split(".")[0]) < 23):
+            return client
+    return "docker"
+
+
+DOCKER = os.environ.get("DOCKER") or buildkit_client()
 RUN_ID = f"tokshard-test-{secrets.token_hex(4)}"
 KEEP_IMAGES = os.environ.get("TOKSHARD_TEST_KEEP_IMAGES") == "1"  # reuse images between runs while developing
 

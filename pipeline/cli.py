@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import evaluate, export, jobs, sources
+from tokshard.pipeline import eval_report, evaluate, export, jobs, sources
 from tokshard.pipeline.manifest import MANIFEST, Manifest
 from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
 
+    _add_eval_tokenizer(sub)
+    _add_plugin_commands(sub)
+    return parser
+
+
+def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-tokenizer", help="compare tokenizers on the same text (compression, fairness across "
                        "groups, speed); optionally a vocabulary-size sweep")
     p.set_defaults(func=_json_only_on_stdout(cmd_eval_tokenizer))
@@ -135,8 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="--sweep: split pattern (as train-tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="--sweep: sample seed")
     _add_ray(p)
-    _add_plugin_commands(sub)
-    return parser
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -155,7 +159,7 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
         sweep=args.sweep, train_source=args.train_source, sample_bytes=args.sample_bytes, pattern=args.pattern,
         seed=args.seed, address=args.address, workers=args.workers, force=args.force,
         log=lambda line: print(line, file=sys.stderr))
-    _print(args, report, evaluate.summary_lines(report, args.out))
+    _print(args, report, eval_report.summary_lines(report, args.out))
     return 0
 
 

@@ -24,7 +24,14 @@ from typing import Any
 
 from tokshard.pipeline import eval_report, evaluate, export, jobs, sources
 from tokshard.pipeline.manifest import MANIFEST, Manifest
-from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
+from tokshard.pipeline.tokenizer import (
+    DEFAULT_PATTERN,
+    DEFAULT_VOCAB_SIZE,
+    METADATA_JSON,
+    TOKEN_BYTES_NPY,
+    TOKENIZER_JSON,
+    Tokenizer,
+)
 
 TRAIN_TMP_PREFIX = ".tmp-train-"
 EXIT_INCOMPLETE = 1
@@ -265,16 +272,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.complete else EXIT_INCOMPLETE
 
 
+def _tokenizer_problems(path: Path) -> tuple[str, list[str]]:
+    """What `Tokenizer.load` could check in a tokenizer directory, and the files a complete one lacks.
+
+    load verifies tokenizer.json against the sha256 in tokshard.json and token_bytes.npy against tokenizer.json,
+    but only when those files are there; a directory without them loads, so inspect names each one missing."""
+    problems = []
+    recorded = None
+    if (path / METADATA_JSON).is_file():
+        recorded = json.loads((path / METADATA_JSON).read_text()).get("tokenizer_json_sha256")
+        if recorded is None:
+            problems.append(f"{path / METADATA_JSON}: records no tokenizer_json_sha256, so {TOKENIZER_JSON} cannot "
+                            "be verified; re-save the tokenizer")
+    else:
+        problems.append(f"{path / METADATA_JSON}: missing, so {TOKENIZER_JSON} cannot be verified (and the training "
+                        "record is lost); re-save the tokenizer or copy the whole directory")
+    if not (path / TOKEN_BYTES_NPY).is_file():
+        problems.append(f"{path / TOKEN_BYTES_NPY}: missing (bits-per-byte needs it); re-save the tokenizer")
+    verified = f"verified against {METADATA_JSON}" if recorded is not None else "NOT verified"
+    return verified, problems
+
+
 def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
-    tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json
+    tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json, when it is there
     meta = tok.metadata
+    verified, problems = _tokenizer_problems(path)
     summary = {"kind": "tokenizer", "path": str(path), "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
                "pattern_name": tok.pattern_name, "pattern": tok.pattern, "special_tokens": tok.special_tokens,
-               "sha256": tok.sha256, "training": meta.get("training"), "problems": []}
-    problems = [] if (path / METADATA_JSON).is_file() else [f"{path / METADATA_JSON}: missing"]
+               "sha256": tok.sha256, "sha256_verified": verified.startswith("verified"),
+               "training": meta.get("training"), "problems": problems}
     lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}",
              f"  special tokens: {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items())}",
-             f"  sha256 {tok.sha256} (verified)"]
+             f"  sha256 {tok.sha256} ({verified})"]
     if meta.get("training"):
         t = meta["training"]
         lines.append(f"  trained on {t.get('sample_documents', '?'):,} docs / {t.get('sample_bytes', 0) / 1e6:,.1f} MB "

@@ -424,6 +424,8 @@ def test_bpb_equals_the_trainers_score(client, small_tokenizer, checkpoint):
     alone = client.post("/v1/bpb", json={"texts": texts[0]}).json()
     assert alone["data"][0]["nats"] == pytest.approx(body["data"][0]["nats"], rel=1e-5)
     assert 0 < agg["bpb"] < 12
+    empty = client.post("/v1/bpb", json={"texts": []}).json()  # no texts: the sums are zero, the ratio undefined
+    assert empty["data"] == [] and empty["aggregate"] == {"bpb": None, "nats": 0.0, "bytes": 0, "tokens": 0}
 
 
 def test_serve_refuses_a_checkpoint_of_another_tokenizer(small_tokenizer, small_tokenizer_dir, checkpoint,

@@ -42,8 +42,9 @@ def _add_source(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--source", required=required, default=None,
                    help="parquet file, directory, glob, hf://datasets/... or fsspec URL"
                    + ("" if required else " (default: the bundled sample)"))
-    p.add_argument("--text-column", default=sources.DEFAULT_TEXT_COLUMN)
-    p.add_argument("--id-column", default=sources.DEFAULT_ID_COLUMN)
+    p.add_argument("--text-column", default=sources.DEFAULT_TEXT_COLUMN, help="column holding the document text")
+    p.add_argument("--id-column", default=sources.DEFAULT_ID_COLUMN,
+                   help="column holding the document id (FILE#ROW when the source has none)")
 
 
 def _add_ray(p: argparse.ArgumentParser) -> None:
@@ -54,18 +55,20 @@ def _add_ray(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES)
-    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="gpt2, cl100k (gpt4), cl100k-d2 (default), "
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="ids, special tokens included")
+    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES,
+                   help="UTF-8 bytes of documents sampled from SRC to train on")
+    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="split pattern: gpt2, cl100k (gpt4), cl100k-d2, "
                    "o200k (gpt4o), or a regex")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which documents the sample takes")
     p.add_argument("--superbpe-transition", type=int, default=None, metavar="T",
                    help="SuperBPE: ordinary merges up to a T-token vocabulary, then merges across the spaces between "
                    "words up to --vocab-size (e.g. 28672 of 32768; preset patterns only)")
 
 
 def _add_encoding(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION)
+    p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION,
+                   help="share of documents (chosen by a hash of their id) in the validation split")
     p.add_argument("--slice-mb", type=int, default=sources.DEFAULT_SLICE_BYTES >> 20,
                    help="uncompressed text per encode task / shard, in MiB")
     p.add_argument("--limit-docs", type=int, default=None, help="encode only the first N documents (trial runs)")
@@ -74,10 +77,32 @@ def _add_encoding(p: argparse.ArgumentParser) -> None:
                    help="progress bar (default: when stderr is a terminal; plain log lines otherwise)")
 
 
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)  # compared by identity: 0 is a default worth showing
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, taken from the value argparse holds: the constant the code uses,
+    so `--help` cannot drift from it. Options without a default (None, or a flag that is off) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or any(action.default is v for v in _NO_DEFAULT):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """tokshard's parsers, the subcommands other rooms register included, show their defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokshard", description="Train a BPE tokenizer and tokenize a corpus "
-                                     "into Arrow token shards with Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tokshard", description="Train a BPE tokenizer and tokenize a corpus into Arrow token "
+                     "shards with Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a sample of SRC")
     p.set_defaults(func=_json_only_on_stdout(cmd_train_tokenizer))
@@ -112,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens)")
     p.add_argument("outdir", help="a complete `tokshard encode` output directory")
     p.add_argument("dest", help="directory to write (must not already hold exported files)")
-    p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE)
+    p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE,
+                   help="tokens per exported file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
 
@@ -138,7 +164,7 @@ def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=None, metavar="GROUP", help="the group premiums are relative to")
     p.add_argument("--limit-docs", type=int, default=None, help="evaluate on the first N documents only")
     p.add_argument("--max-bytes", type=int, default=evaluate.DEFAULT_MAX_BYTES,
-                   help="evaluate on the first documents up to about this many bytes of text (default: %(default)s)")
+                   help="evaluate on the first documents up to about this many bytes of text")
     p.add_argument("--repeats", type=int, default=evaluate.DEFAULT_REPEATS, help="throughput: best of N runs")
     p.add_argument("--force", action="store_true", help="replace a report made with other settings")
     p.add_argument("--sweep", default=None, metavar="SIZES", help="also train these vocabulary sizes on one sample "

@@ -86,6 +86,38 @@ def test_inspect_names_missing_tokenizer_files(tmp_path, capsys):
     assert "records no tokenizer_json_sha256" in json.loads(out)["problems"][0]
 
 
+def test_help_shows_every_default_from_the_code():
+    """`tokshard CMD --help` ends each option's help with the default argparse holds, and those defaults are the
+    constants the code runs with (trainer's `train` and `sample` are checked with the trainer)."""
+    import argparse
+
+    from tokshard.pipeline import cli, jobs, sources
+    from tokshard.pipeline.tokenizer import DEFAULT_VOCAB_SIZE
+    from tokshard.service import cli as service_cli
+
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    checked = 0
+    for name, p in sub.choices.items():
+        if name in ("train", "sample"):
+            continue
+        text = " ".join(p.format_help().split())  # argparse wraps lines anywhere
+        for action in p._actions:
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+                assert f"(default: {action.default})" in text, (name, action.option_strings)
+                checked += 1
+    assert checked > 30
+
+    def default(command: str, dest: str):
+        return sub.choices[command].get_default(dest)
+
+    assert default("run", "vocab_size") == DEFAULT_VOCAB_SIZE
+    assert default("run", "sample_bytes") == default("eval-tokenizer", "sample_bytes") == jobs.DEFAULT_SAMPLE_BYTES
+    assert default("encode", "val_fraction") == jobs.DEFAULT_VAL_FRACTION
+    assert default("encode", "slice_mb") << 20 == sources.DEFAULT_SLICE_BYTES
+    assert default("serve", "port") == service_cli.DEFAULT_PORT
+
+
 def test_human_summary_of_run(corpus_dir, tmp_path):
     proc = tokshard("run", "--source", str(corpus_dir / "part-00.parquet"), "--out", str(tmp_path / "o"),
                     "--vocab-size", "600", "--no-progress")

@@ -415,6 +415,11 @@ def test_dockerfile_base_user_and_command():
         for keyword, rest in stage.instructions:
             if keyword == "RUN" and re.search(r"\bpip (install|wheel)\b", rest):
                 assert rest.count("--no-cache-dir") == len(re.findall(r"\bpip (install|wheel)\b", rest)), rest
+                # pip may download here: it gets the optional CA bundle secret (networks that intercept TLS).
+                if "--no-deps /wheels/" not in rest:
+                    assert "--mount=type=secret,id=pip_cert" in rest and "PIP_CERT=/run/secrets/pip_cert" in rest, rest
+    # A `# syntax=` directive makes BuildKit pull a frontend image from a registry: offline builds fail.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE)
 
 
 def test_dockerfile_installs_the_dependencies_of_pyproject_before_the_source(tmp_path):

@@ -6,6 +6,8 @@ Docker engine; selected without an engine, they fail rather than skip.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 
@@ -20,3 +22,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("compose"):
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def python_base_image() -> Iterator[str]:
+    """deploy/base-image.sh's base image, made once for every `compose` test of the session (debootstrap: ~2 min)."""
+    from tests.deploy.docker_harness import base_image, require_engine
+
+    require_engine()
+    with base_image() as name:
+        yield name

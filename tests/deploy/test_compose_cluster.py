@@ -30,10 +30,8 @@ from tests.conftest import free_port, sample_texts
 from tests.deploy.docker_harness import (
     REPO,
     ComposeProject,
-    base_image,
     built_image,
     docker,
-    require_engine,
     wait_until,
 )
 from tokshard.pipeline.manifest import Manifest
@@ -92,15 +90,15 @@ def write_big_corpus(data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    require_engine()
+def cluster(tmp_path_factory, python_base_image):
     tmp = tmp_path_factory.mktemp("compose")
     # /data is read by the containers' user (uid 1000): a world-readable directory outside pytest's private tmp.
     data = Path(tempfile.mkdtemp(prefix="tokshard-compose-data-"))
     data.chmod(0o755)
     write_big_corpus(data)
     dashboard_port, api_port = free_port(), free_port()
-    with base_image() as base, built_image("runtime", base) as image:
+    base = python_base_image
+    with built_image("runtime", base) as image:
         project = ComposeProject(REPO / "docker-compose.yml", "compose", env={
             "RAY_AUTH_TOKEN": secrets.token_hex(32), "TOKSHARD_API_KEY": secrets.token_hex(16),
             "TOKSHARD_IMAGE": image, "PYTHON_IMAGE": base, "TOKSHARD_DATA": str(data),

@@ -31,10 +31,8 @@ from tests.deploy.docker_harness import (
     REPO,
     RUN_ID,
     ComposeProject,
-    base_image,
     built_image,
     docker,
-    require_engine,
     wait_until,
 )
 from tokshard.pipeline import sources
@@ -89,8 +87,7 @@ def onprem_config(head_ip: str, worker_ip: str, key: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    require_engine()
+def nodes(tmp_path_factory, python_base_image):
     for tool in ("ssh", "ssh-keygen", "rsync"):  # what `ray up` runs on this machine
         assert shutil.which(tool), f"`ray up` needs {tool} here (Debian/Ubuntu: apt-get install openssh-client rsync)"
     tmp = tmp_path_factory.mktemp("ray-up")
@@ -100,8 +97,7 @@ def nodes(tmp_path_factory):
     ca_bundle = os.environ.get("PIP_CERT") or __import__("certifi").where()
     context = tmp / "context"  # the node image needs nothing from the checkout
     context.mkdir()
-    with base_image() as base, built_image("node", base, dockerfile=HERE / "ssh-node.Dockerfile",
-                                           context=context) as image:
+    with built_image("node", python_base_image, dockerfile=HERE / "ssh-node.Dockerfile", context=context) as image:
         project = ComposeProject(HERE / "ssh-nodes.compose.yml", "sshnodes", env={
             "NODE_IMAGE": image, "AUTHORIZED_KEYS": str(key.with_suffix(".pub")), "NODE_CA_BUNDLE": ca_bundle},
             env_file=tmp / "empty.env")

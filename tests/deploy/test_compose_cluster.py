@@ -38,7 +38,8 @@ from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
 
-pytestmark = pytest.mark.compose
+# image builds and a cluster on a shared 2-core machine: well past pyproject's 600 s default
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(2400)]
 
 BIG_COPIES = 16  # the bundled sample 16 times over: ~70 MB of text, ~35 slices of 2 MB on 3 one-CPU workers
 SLICE_MB = 2

@@ -39,7 +39,8 @@ from tokshard.pipeline import sources
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 
-pytestmark = pytest.mark.compose
+# every node pip-installs tokshard: well past pyproject's 600 s default on a shared 2-core machine
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(2400)]
 
 HERE = Path(__file__).parent
 RAY = Path(sys.executable).parent / "ray"

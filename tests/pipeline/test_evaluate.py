@@ -143,6 +143,7 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_on_the_bundled_sample(hand, small_tokenizer_dir, tmp_path):
     out = tmp_path / "report"
     argv = ["eval-tokenizer", str(small_tokenizer_dir), str(hand["sp"]), "--out", str(out), "--group-by", "url",
@@ -172,6 +173,7 @@ def test_cli_on_the_bundled_sample(hand, small_tokenizer_dir, tmp_path):
     assert code == 0 and json.loads((out / "report.json").read_text())["source"]["documents"] == 50
 
 
+@pytest.mark.slow
 def test_sweep(tmp_path, ray_cluster):
     out = tmp_path / "sweep"
     code, stdout, stderr = _cli(["eval-tokenizer", "--sweep", "512,1024", "--sample-bytes", "1000000", "--out",

@@ -90,6 +90,7 @@ def test_stage2_regex_splits_alike_in_oniguruma_and_regex(text):
         assert not regex.search(r"\p{N}", piece) or regex.fullmatch(r"\p{N}{1,2}", piece), piece
 
 
+@pytest.mark.slow
 def test_trainer_counts_what_the_encoder_produces(trained):
     """Every training piece's final segmentation in the trainer is tiktoken's with the final ranks, so the pair
     counts it merged by were the encoder's; and the ranks start with ordinary BPE up to the transition."""
@@ -114,6 +115,7 @@ def test_trainer_counts_what_the_encoder_produces(trained):
     assert state.token == [inverse[r] for r in range(len(ranks))]
 
 
+@pytest.mark.slow
 def test_superwords_are_learned_and_capped(trained):
     ranks, stage1 = trained["ranks"], trained["stage1"]
     stage2 = [t for t, r in ranks.items() if r >= len(stage1)]
@@ -132,6 +134,7 @@ print(hashlib.sha256(pickle.dumps(sorted(ranks.items(), key=lambda kv: kv[1]))).
 """
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_across_processes(trained, tmp_path):
     """Same text, same ranks, whatever the process's hash seed (bytes and str hashes are randomised per process)."""
     import pickle
@@ -145,6 +148,7 @@ def test_training_is_deterministic_across_processes(trained, tmp_path):
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
 
 
+@pytest.mark.slow
 def test_matches_tokenizer_json_on_real_text(trained):
     tok, hf = trained["tok"], trained["hf"]
     texts = trained["held_out"] + trained["train"][:200]
@@ -157,6 +161,7 @@ def test_matches_tokenizer_json_on_real_text(trained):
     assert tok.engine == "tiktoken"  # riptoken is not exact on long pieces and its guard knows only the presets
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(text=st.one_of(unicode_text, mixed_text))
 def test_arbitrary_unicode_matches_reference_and_round_trips(trained, text):
@@ -167,6 +172,7 @@ def test_arbitrary_unicode_matches_reference_and_round_trips(trained, text):
     assert tok.decode_bytes(ids[1:]) == text.encode()
 
 
+@pytest.mark.slow
 def test_fewer_tokens_than_ordinary_bpe_on_held_out_english(trained):
     held_out = trained["held_out"]
     assert sum(len(t) for t in held_out) > 200_000
@@ -175,6 +181,7 @@ def test_fewer_tokens_than_ordinary_bpe_on_held_out_english(trained):
     assert ours < 0.98 * ordinary, f"SuperBPE {ours:,} tokens vs ordinary {ordinary:,}"
 
 
+@pytest.mark.slow
 def test_train_tokenizer_job_records_superbpe_and_reuse_tells_transitions_apart(tmp_path, ray_cluster):
     vocab, transition = 1024, 768  # smaller than the module's: this one runs the real Ray job
     out, source = tmp_path / "tok", str(sources.bundled_sample())

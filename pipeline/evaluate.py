@@ -3,7 +3,8 @@
 A tokenizer is chosen by how well it compresses the text it will see and how evenly it treats the languages and
 domains in that text. This module reads an evaluation text from any SRC (only the columns it needs), encodes it
 with every tokenizer given -- a tokshard directory (encoded by our engine) or any HF `tokenizer.json` (a
-downloaded GPT-2 or Llama one beside ours) -- and writes REPORTDIR/report.json plus PNG plots.
+downloaded GPT-2 or Llama one beside ours; tokenizer_adapters.py) -- and measures; `run` then has eval_report.py
+write REPORTDIR/report.json plus PNG plots.
 
 Definitions (also written into every report, under "definitions"):
 - bytes/token: UTF-8 bytes of the text / tokens. No special tokens are added (ours: `encode_ordinary`; a
@@ -13,7 +14,7 @@ Definitions (also written into every report, under "definitions"):
   that of spaced scripts; compare tokenizers within a group instead.
 - tokens/word: the mean over words of the number of tokens whose byte span overlaps the word's byte span (a
   token covering " hello" counts for "hello"; one token spanning two words counts for both; tokens made only
-  of whitespace never count, see `count`). The >=3-token fraction is the share of words that overlap 3 or more
+  of whitespace never count, see `_word_overlaps`). The >=3-token fraction is the share of words that overlap 3 or more
   tokens. Spans: ours by the cumulative byte lengths of the ids (`token_bytes`, exact); a tokenizer.json's
   as tokenizer_adapters.py describes.
 - vocabulary used: distinct non-special ids in the encoded text / non-special vocabulary size.

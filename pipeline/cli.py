@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import evaluate, export, jobs, sources
+from tokshard.pipeline import balance, evaluate, export, jobs, sources
 from tokshard.pipeline.manifest import MANIFEST, Manifest
 from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_json_only_on_stdout(cmd_train_tokenizer))
     _add_source(p, required=True)
     p.add_argument("--out", required=True, help="tokenizer directory to write")
+    p.add_argument("--balance-by", default=None, metavar="COLUMN", help="draw each value of COLUMN (e.g. language) "
+                   "at a temperature-sampled share of the sample; --source may then join several sources by commas")
+    p.add_argument("--balance-alpha", type=float, default=None, metavar="A",
+                   help="share of a group ~ its bytes^A: 1 = the corpus' proportions, 0 = equal shares "
+                   f"(default {balance.DEFAULT_ALPHA})")
+    p.add_argument("--balance-weights", default=None, metavar="G=W,...", help="multiply groups' shares "
+                   "(0 drops a group)")
     _add_training(p)
     _add_ray(p)
 
@@ -215,14 +222,20 @@ def _train_lines(s: dict[str, Any]) -> list[str]:
                 f"  tokenizer.json sha256 {s['sha256']}"]
     return [f"trained a {s['vocab_size']:,}-token tokenizer on {s['sample_documents']:,} documents "
             f"({s['sample_bytes'] / 1e6:,.1f} MB) in {s['seconds']:.1f} s -> {s['tokenizer']}",
-            f"  tokenizer.json sha256 {s['sha256']}"]
+            f"  tokenizer.json sha256 {s['sha256']}",
+            *(balance.summary_lines(s["balance"]) if "balance" in s else [])]
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    if args.balance_by is None and (args.balance_alpha is not None or args.balance_weights):
+        raise ValueError("--balance-alpha and --balance-weights need --balance-by COLUMN")
+    alpha = balance.DEFAULT_ALPHA if args.balance_alpha is None else args.balance_alpha
     result = jobs.train_tokenizer(args.source, args.out, vocab_size=args.vocab_size, sample_bytes=args.sample_bytes,
                                   pattern=args.pattern, seed=args.seed, text_column=args.text_column,
                                   id_column=args.id_column, address=args.address, workers=args.workers,
-                                  superbpe_transition=args.superbpe_transition)
+                                  superbpe_transition=args.superbpe_transition, balance_by=args.balance_by,
+                                  balance_alpha=alpha,
+                                  balance_weights=balance.parse_weights(args.balance_weights))
     _print(args, result.summary(), _train_lines(result.summary()))
     return 0
 

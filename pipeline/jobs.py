@@ -163,6 +163,8 @@ def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: i
         return None
     if (t.get("superbpe") or {}).get("transition") != superbpe_transition:
         return None
+    if t.get("balance") is not None:  # `run` trains on the uniform sample
+        return None
     return TrainResult(tokenizer_dir, tok.vocab_size, t.get("sample_documents", 0), t.get("sample_bytes", 0), 0.0,
                        tok.sha256, reused=True)
 

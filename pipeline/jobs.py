@@ -96,34 +96,28 @@ def _sample_slice(piece: sources.Slice, fraction: float, seed: int, text_column:
     return out
 
 
-def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int,
-               superbpe_stage2: tuple[int, str] | None = None) -> dict[str, Any]:
-    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. With
-    `superbpe_stage2` = (transition, stage-2 regex), rustbpe stops at `transition` BPE tokens and
-    `superbpe.train_stage2` continues on the same texts up to `vocab_size` (one core, pipeline/superbpe.py)."""
+def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
+    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. Returns the
+    ranks, and how many documents of each sample ref it used (SuperBPE's stage 2 trains on the same ones)."""
     import ray
     import rustbpe
 
     texts: list[str] = []
     used = 0
+    used_per_ref: list[int] = []
     for ref in samples:  # refs in plan order, so the capped sample is the same on every run
+        before = len(texts)
         for text in ray.get(ref):
             if used >= sample_bytes:
                 break
             texts.append(text)
             used += len(text.encode("utf-8", "surrogatepass"))
+        used_per_ref.append(len(texts) - before)
     bpe = rustbpe.Tokenizer()
     t0 = time.time()
-    stage1_size = superbpe_stage2[0] if superbpe_stage2 else vocab_size
-    bpe.train_from_iterator(iter(texts), vocab_size=stage1_size, pattern=pattern)
-    ranks = dict(bpe.get_mergeable_ranks())
-    out: dict[str, Any] = {"documents": len(texts), "bytes": used}
-    if superbpe_stage2 and len(ranks) == stage1_size:  # else too little text: the caller reports the shortfall
-        stage1_seconds = time.time() - t0
-        ranks, stats = superbpe.train_stage2(texts, ranks, superbpe_stage2[1], vocab_size)
-        out["superbpe"] = {"stage1_merges": stage1_size - 256, "stage1_seconds": round(stage1_seconds, 3), **stats}
-    out["ranks"] = list(ranks.items())
-    return out
+    bpe.train_from_iterator(iter(texts), vocab_size=vocab_size, pattern=pattern)
+    return {"documents": len(texts), "bytes": used, "used_per_ref": used_per_ref, "seconds": time.time() - t0,
+            "ranks": list(bpe.get_mergeable_ranks())}
 
 
 @dataclass
@@ -232,7 +226,16 @@ def train_tokenizer(
             cap = 1 << 62  # the rates size the sample; a byte cap would cut off the groups sampled last
         train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
         # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
-        trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, cap, stage2))
+        stage1_size = stage2[0] if stage2 else vocab_size - len(SPECIAL_TOKENS)
+        trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
+        if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
+            # stage 2 on the same documents, its pieces sharded over Ray actors (pipeline/superbpe.py)
+            ranks, stats = superbpe.train_stage2_ray(refs, trained["used_per_ref"], dict(trained["ranks"]),
+                                                     stage2[1], vocab_size - len(SPECIAL_TOKENS),
+                                                     shards=int(ray.cluster_resources().get("CPU", 1)))
+            trained["ranks"] = list(ranks.items())
+            trained["superbpe"] = {"stage1_merges": stage2[0] - 256, "stage1_seconds": round(trained["seconds"], 3),
+                                   **stats}
         if balance_by is not None:
             balance_record = record_balance()
     n_docs, n_bytes = trained["documents"], trained["bytes"]

@@ -49,7 +49,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table.filter(pa.compute.invert(out_mask)), args.out / "multi-train.parquet", row_group_size=1024)
     parallel = table.filter(out_mask).select(["text", "id", "url", "language"])
-    parallel = parallel.append_column("key", pa.array([k for k, m in zip(keys, out_mask.to_pylist()) if m]))
+    parallel = parallel.append_column("key", pa.array([k for k, m in zip(keys, out_mask.to_pylist(), strict=True) if m]))
     english = pq.read_table(args.english_val, columns=["text", "id", "url"])
     english = english.append_column("language", pa.array(["en"] * len(english)))
     english = english.append_column("key", pa.nulls(len(english), pa.string()))

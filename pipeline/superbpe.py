@@ -91,11 +91,16 @@ class _Stage2:
         self.ends_in = [e for _, _, e in shapes]
         self.max_words = max_words
         self.pair_count: dict[tuple[int, int], int] = {}
-        self.where: dict[tuple[int, int], set[int]] = {}
+        # pair -> the pieces it was counted in (a list: ~4x smaller than small sets; repeats and pieces that no
+        # longer hold the pair are skipped by `merge`)
+        self.where: dict[tuple[int, int], list[int]] = {}
         self.words: list[list[int]] = []
         self.freq: list[int] = []
+        self._ints = list(range(len(ranks)))
 
     def add_word(self, ids: list[int], freq: int) -> None:
+        # one int object per stage-1 id, shared by every piece (tiktoken returns fresh ones: 28 bytes each)
+        ids = list(map(self._ints.__getitem__, ids))
         self.words.append(ids)
         self.freq.append(freq)
         self._count(len(self.words) - 1, ids, freq)
@@ -111,9 +116,9 @@ class _Stage2:
             counts[pair] = counts.get(pair, 0) + delta
             if delta > 0:
                 if pair in where:
-                    where[pair].add(w)
+                    where[pair].append(w)
                 else:
-                    where[pair] = {w}
+                    where[pair] = [w]
 
     def encode(self, ids: list[int], new: int) -> list[int]:
         """tiktoken's rule continued from `ids` after token `new` (the highest rank) was added: merge the adjacent
@@ -166,7 +171,7 @@ class _Stage2:
                   if data[:k] in self.rank and data[k:] in self.rank]
         touched: set[int] = set()
         for p in splits:
-            touched |= self.where.pop(p, set())
+            touched.update(self.where.pop(p, ()))
         for word in touched:
             old = self.words[word]
             ids = self.encode(old, new)

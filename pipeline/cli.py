@@ -180,6 +180,11 @@ def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES, help="--sweep: training sample")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="--sweep: split pattern (as train-tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="--sweep: sample seed")
+    p.add_argument("--sweep-alpha", default=None, metavar="A,...", help="instead train the one --sweep size once per "
+                   "alpha, balanced by --balance-by (e.g. 1,0.5,0.3,0; into OUT/sweep-alpha/alpha-A): the premium "
+                   "trade-off curve")
+    p.add_argument("--balance-by", default=None, metavar="COLUMN", help="--sweep-alpha: the groups to balance")
+    p.add_argument("--balance-weights", default=None, metavar="G=W,...", help="--sweep-alpha: as train-tokenizer")
     _add_ray(p)
 
 
@@ -197,8 +202,8 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
         group_by=args.group_by, group_regex=args.group_regex, parallel_key=args.parallel_key,
         reference=args.reference, limit_docs=args.limit_docs, max_bytes=args.max_bytes, repeats=args.repeats,
         sweep=args.sweep, train_source=args.train_source, sample_bytes=args.sample_bytes, pattern=args.pattern,
-        seed=args.seed, address=args.address, workers=args.workers, force=args.force,
-        log=lambda line: print(line, file=sys.stderr))
+        seed=args.seed, address=args.address, workers=args.workers, force=args.force, sweep_alpha=args.sweep_alpha,
+        balance_by=args.balance_by, balance_weights=args.balance_weights, log=lambda line: print(line, file=sys.stderr))
     _print(args, report, eval_report.summary_lines(report, args.out))
     return 0
 

@@ -58,32 +58,58 @@ def _reusable(d: Path, wanted: dict[str, Any], vocab_size: int) -> bool:
     return meta.get("vocab_size") == vocab_size and have == wanted
 
 
-def train_alpha_sweep(alphas: list[float], vocab_size: int, out: Path, train_source: str | None, *, balance_by: str,
-                      weights: dict[str, float], sample_bytes: int, pattern: str, seed: int, text_column: str,
-                      id_column: str, address: str | None = None, workers: int | None = None,
+def sweep_settings(sweep_alpha: str, sweep: str | None, balance_by: str | None, balance_weights: str | None,
+                   train_source: str | None, sample_bytes: int, pattern: str, seed: int,
+                   parse_sizes: Callable[[str], list[int]]) -> dict[str, Any]:
+    """Check `--sweep-alpha` and its companions; the sweep's settings (the report's, and `train_alpha_sweep`'s)."""
+    alphas = parse_alphas(sweep_alpha)
+    sizes = parse_sizes(sweep) if sweep else []
+    if len(sizes) != 1:
+        raise ValueError("--sweep-alpha trains every alpha at one vocabulary size: give it as --sweep SIZE "
+                         "(e.g. --sweep 64k)")
+    if balance_by is None:
+        raise ValueError("--sweep-alpha needs --balance-by COLUMN (the groups to balance, e.g. language)")
+    return {"alphas": alphas, "vocab_size": sizes[0], "balance_by": balance_by,
+            "weights": balance.parse_weights(balance_weights), "train_source": train_source or "bundled-sample",
+            "sample_bytes": sample_bytes, "pattern": pattern, "seed": seed}
+
+
+def train_alpha_sweep(settings: dict[str, Any], out: Path, *, text_column: str, id_column: str,
+                      address: str | None = None, workers: int | None = None,
                       log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One balanced tokenizer per alpha at `vocab_size`, each in `alpha_dir` (reused when trained before with the
-    same settings). Returns the sweep's settings for the report."""
+    """One balanced tokenizer per alpha at the sweep's vocabulary size, each in `alpha_dir` (reused when trained
+    before with the same settings: training is deterministic). Returns the report's "alpha_sweep" part."""
     t0 = time.time()
     reused = []
-    for alpha in alphas:
+    source = None if settings["train_source"] == "bundled-sample" else settings["train_source"]
+    for alpha in settings["alphas"]:
         d = alpha_dir(out, alpha)
-        wanted = {"source": train_source or "bundled-sample", "sample_bytes_limit": sample_bytes, "seed": seed,
-                  "text_column": text_column, "id_column": id_column, "by": balance_by, "alpha": alpha,
-                  "weights": weights, "pattern_name": pattern}
-        if _reusable(d, wanted, vocab_size):
+        wanted = {"source": settings["train_source"], "sample_bytes_limit": settings["sample_bytes"],
+                  "seed": settings["seed"], "text_column": text_column, "id_column": id_column,
+                  "by": settings["balance_by"], "alpha": alpha, "weights": settings["weights"],
+                  "pattern_name": settings["pattern"]}
+        if _reusable(d, wanted, settings["vocab_size"]):
             reused.append(alpha)
             if log:
-                log(f"sweep-alpha: reusing {d}")
+                log(f"sweep-alpha: reusing {d}, trained before with these settings")
             continue
         if log:
-            log(f"sweep-alpha: training alpha {alpha:g} ({vocab_size:,} tokens) -> {d}")
-        jobs.train_tokenizer(train_source, d, vocab_size=vocab_size, sample_bytes=sample_bytes, pattern=pattern,
-                             seed=seed, text_column=text_column, id_column=id_column, address=address,
-                             workers=workers, balance_by=balance_by, balance_alpha=alpha, balance_weights=weights)
-    return {"alphas": alphas, "vocab_size": vocab_size, "balance_by": balance_by, "weights": weights,
-            "train_source": train_source or "bundled-sample", "sample_bytes_limit": sample_bytes, "seed": seed,
-            "reused": reused, "seconds": round(time.time() - t0, 2)}
+            log(f"sweep-alpha: training alpha {alpha:g} ({settings['vocab_size']:,} tokens) -> {d}")
+        jobs.train_tokenizer(source, d, vocab_size=settings["vocab_size"], sample_bytes=settings["sample_bytes"],
+                             pattern=settings["pattern"], seed=settings["seed"], text_column=text_column,
+                             id_column=id_column, address=address, workers=workers,
+                             balance_by=settings["balance_by"], balance_alpha=alpha,
+                             balance_weights=settings["weights"])
+    return {**settings, "dirs": [str(alpha_dir(out, a)) for a in settings["alphas"]], "reused": reused,
+            "seconds": round(time.time() - t0, 2)}
+
+
+def add_to_report(report: dict[str, Any], out: Path, alpha_sweep: dict[str, Any] | None) -> None:
+    """The premium summary (with parallel text) and the alpha sweep's points, into the report."""
+    report["premium_summary"] = summary(report)
+    if alpha_sweep is not None:
+        report["alpha_sweep"] = alpha_sweep
+        alpha_sweep["points"] = sweep_points(report, out)
 
 
 def trained_groups(path: str) -> set[str] | None:
@@ -184,8 +210,8 @@ def plot(report: dict[str, Any], figure: Callable[..., tuple[Any, list[Any]]], p
     ax.set_ylabel(f"premium: tokens / {ref} tokens, same content (lower = fairer)")
     ax.set_title("fairness vs compression (filled: worst group, open/dashed: mean)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     if sweep:
+        ax.legend(fontsize=8)
         ax = axes[1]
         pts = sweep["points"]
         alphas = [p["alpha"] for p in pts]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshard.pipeline import balance, jobs
-from tokshard.pipeline.tokenizer import METADATA_JSON
+from tokshard.pipeline.tokenizer import METADATA_JSON, resolve_pattern
 
 SWEEP_ALPHA_DIR = "sweep-alpha"
 DEFAULT_ALPHAS = (1.0, 0.5, 0.3, 0.0)
@@ -87,7 +87,7 @@ def train_alpha_sweep(settings: dict[str, Any], out: Path, *, text_column: str, 
         wanted = {"source": settings["train_source"], "sample_bytes_limit": settings["sample_bytes"],
                   "seed": settings["seed"], "text_column": text_column, "id_column": id_column,
                   "by": settings["balance_by"], "alpha": alpha, "weights": settings["weights"],
-                  "pattern_name": settings["pattern"]}
+                  "pattern_name": resolve_pattern(settings["pattern"])[0]}
         if _reusable(d, wanted, settings["vocab_size"]):
             reused.append(alpha)
             if log:
@@ -179,57 +179,72 @@ def _fmt(v: float | None) -> str:
 def plot(report: dict[str, Any], figure: Callable[..., tuple[Any, list[Any]]], png: Callable[[Any], bytes]
          ) -> dict[str, bytes]:
     """The trade-off: worst and mean premium against the reference's bytes/token, the sweep as a curve labelled
-    by alpha, other tokenizers as points; with a sweep, also premiums and bytes/token against alpha."""
+    by alpha, other tokenizers as points; with a sweep, also premiums and bytes/token against alpha. Premiums
+    on a log axis: an unbalanced tokenizer's worst premium can be many times the others'."""
     s = report.get("premium_summary")
     if not s:
         return {}
-    ref = s["reference"]
     sweep = report.get("alpha_sweep")
     fig, axes = figure(12 if sweep else 6.5, 4.8, ncols=2 if sweep else 1)
-    ax = axes[0]
     swept = {p["name"] for p in sweep["points"]} if sweep else set()
+    others = [(n, t) for n, t in s["tokenizers"].items() if n not in swept and t["worst_premium"] is not None]
+    _plot_tradeoff(axes[0], s["reference"], sweep, others)
+    if sweep:
+        _plot_alphas(axes[1], s["reference"], sweep, others)
+    return {PLOT: png(fig)}
+
+
+def _log_premium_axis(ax: Any) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _plot_tradeoff(ax: Any, ref: str, sweep: dict[str, Any] | None, others: list[tuple[str, dict[str, Any]]]
+                   ) -> None:
     if sweep:
         pts = sweep["points"]
         x = [p["reference_bytes_per_token"] for p in pts]
-        ax.plot(x, [p["worst_premium"] for p in pts], marker="o", color="C0", label="balanced: worst premium")
-        ax.plot(x, [p["mean_premium"] for p in pts], marker="o", ls="--", color="C0", alpha=0.6,
-                label="balanced: mean premium")
+        ax.plot(x, [p["worst_premium"] for p in pts], marker="o", color="C0", label="balanced: worst")
+        ax.plot(x, [p["mean_premium"] for p in pts], marker="o", ls="--", color="C0", alpha=0.5,
+                label="balanced: mean")
         for p in pts:
             ax.annotate(f"α={p['alpha']:g}", (p["reference_bytes_per_token"], p["worst_premium"]), fontsize=8,
                         textcoords="offset points", xytext=(4, 4))
-    others = [(n, t) for n, t in s["tokenizers"].items() if n not in swept]
     for i, (name, t) in enumerate(others):
-        if t["worst_premium"] is None or t["reference_bytes_per_token"] is None:
-            continue
-        ax.scatter([t["reference_bytes_per_token"]], [t["worst_premium"]], marker="s", color=f"C{i + 1}", zorder=3)
+        ax.scatter([t["reference_bytes_per_token"]], [t["worst_premium"]], marker="s", color=f"C{i + 1}", zorder=3,
+                   label=f"{name}: worst / mean")
         ax.scatter([t["reference_bytes_per_token"]], [t["mean_premium"]], marker="s", facecolors="none",
                    edgecolors=f"C{i + 1}", zorder=3)
-        ax.annotate(name, (t["reference_bytes_per_token"], t["worst_premium"]), fontsize=8,
-                    textcoords="offset points", xytext=(4, -10))
+    _log_premium_axis(ax)
     ax.set_xlabel(f"{ref} bytes/token (higher = better)")
-    ax.set_ylabel(f"premium: tokens / {ref} tokens, same content (lower = fairer)")
-    ax.set_title("fairness vs compression (filled: worst group, open/dashed: mean)")
-    ax.grid(alpha=0.3)
-    if sweep:
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        pts = sweep["points"]
-        alphas = [p["alpha"] for p in pts]
-        ax.plot(alphas, [p["worst_premium"] for p in pts], marker="o", label="worst premium")
-        ax.plot(alphas, [p["mean_premium"] for p in pts], marker="o", ls="--", label="mean premium")
-        for i, (name, t) in enumerate(others):
-            if t["worst_premium"] is not None:
-                ax.axhline(t["worst_premium"], color=f"C{i + 2}", lw=0.8, ls=":", label=f"{name}: worst")
-        ax.set_xlabel(f"alpha (group share ~ bytes^alpha), {sweep['vocab_size']:,} tokens")
-        ax.set_ylabel("premium")
-        twin = ax.twinx()
-        twin.plot(alphas, [p["reference_bytes_per_token"] for p in pts], marker="s", color="grey",
-                  label=f"{ref} bytes/token")
-        twin.set_ylabel(f"{ref} bytes/token")
-        ax.set_title(f"temperature sweep, balanced by {sweep['balance_by']}")
-        ax.grid(alpha=0.3)
-        lines, labels = ax.get_legend_handles_labels()
-        lines2, labels2 = twin.get_legend_handles_labels()
-        ax.legend(lines + lines2, labels + labels2, fontsize=7)
-    return {PLOT: png(fig)}
+    ax.set_ylabel(f"premium vs {ref}, log scale (lower = fairer)")
+    ax.set_title("fairness vs compression (filled: worst group, open: mean)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
 
+
+def _plot_alphas(ax: Any, ref: str, sweep: dict[str, Any], others: list[tuple[str, dict[str, Any]]]) -> None:
+    pts = sweep["points"]
+    alphas = [p["alpha"] for p in pts]
+    ax.plot(alphas, [p["worst_premium"] for p in pts], marker="o", color="C0", label="worst premium")
+    ax.plot(alphas, [p["mean_premium"] for p in pts], marker="o", ls="--", color="C0", alpha=0.5,
+            label="mean premium")
+    for i, (name, t) in enumerate(others):
+        ax.axhline(t["worst_premium"], color=f"C{i + 1}", lw=0.9, ls=":", label=f"{name}: worst")
+    _log_premium_axis(ax)
+    ax.set_xlabel(f"alpha (group share ~ bytes^alpha), {sweep['vocab_size']:,} tokens")
+    ax.set_ylabel("premium, log scale")
+    twin = ax.twinx()
+    twin.plot(alphas, [p["reference_bytes_per_token"] for p in pts], marker="s", color="black",
+              label=f"{ref} bytes/token (right)")
+    twin.set_ylabel(f"{ref} bytes/token")
+    ax.set_title(f"temperature sweep, balanced by {sweep['balance_by']}")
+    ax.grid(alpha=0.3, which="both")
+    lines, labels = ax.get_legend_handles_labels()
+    lines2, labels2 = twin.get_legend_handles_labels()
+    ax.legend(lines + lines2, labels + labels2, fontsize=7)

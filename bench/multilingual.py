@@ -18,6 +18,7 @@ import hashlib
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -47,9 +48,10 @@ def main() -> None:
             for u, lang in zip(table.column("url").to_pylist(), table.column("language").to_pylist(), strict=True)]
     out_mask = pa.array([k is not None and held_out(k, args.fraction) for k in keys])
     args.out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table.filter(pa.compute.invert(out_mask)), args.out / "multi-train.parquet", row_group_size=1024)
+    pq.write_table(table.filter(pc.invert(out_mask)), args.out / "multi-train.parquet", row_group_size=1024)
     parallel = table.filter(out_mask).select(["text", "id", "url", "language"])
-    parallel = parallel.append_column("key", pa.array([k for k, m in zip(keys, out_mask.to_pylist(), strict=True) if m]))
+    held_keys = [k for k, m in zip(keys, out_mask.to_pylist(), strict=True) if m]
+    parallel = parallel.append_column("key", pa.array(held_keys))
     english = pq.read_table(args.english_val, columns=["text", "id", "url"])
     english = english.append_column("language", pa.array(["en"] * len(english)))
     english = english.append_column("key", pa.nulls(len(english), pa.string()))

@@ -133,6 +133,7 @@ def test_job_refuses_a_missing_column_and_unknown_weights(tmp_path, two_sources,
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # trains in subprocesses, each starting its own Ray
 def test_cli_prints_the_shares_and_refuses_options_without_balance_by(tmp_path, two_sources):
     out = run_tokshard("train-tokenizer", "--source", two_sources, "--out", str(tmp_path / "t"), "--vocab-size",
                        "600", "--sample-bytes", "400000", "--balance-by", "language", "--balance-alpha", "0.5",

@@ -35,6 +35,7 @@ def corpus(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # trains in subprocesses, each starting its own Ray
 def test_sweep_alpha_trades_reference_compression_for_premiums(tmp_path, corpus):
     args = ["eval-tokenizer", "--source", str(corpus / "eval.parquet"), "--group-by", "language", "--parallel-key",
             "key", "--reference", "en", "--train-source", str(corpus / "train.parquet"), "--sweep", "600",

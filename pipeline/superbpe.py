@@ -225,13 +225,14 @@ class Stage2Shard:
         self.documents += len(texts)
         self.bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
 
-    def add_refs(self, refs: list[Any], limits: list[int]) -> None:
-        """`add_texts` on the first limits[i] texts of each Ray object refs[i] (a sample slice's documents)."""
+    def add_refs(self, refs: list[Any], limits: list[int], index: int, shards: int) -> None:
+        """`add_texts` on this shard's share of the sample: of the first limits[i] texts of each Ray object refs[i]
+        (a sample slice's documents), every `shards`-th from `index`, so shards get equal shares of every slice."""
         import ray
 
         for ref, limit in zip(refs, limits, strict=True):
             if limit:
-                self.add_texts(ray.get(ref)[:limit])
+                self.add_texts(ray.get(ref)[:limit][index::shards])
 
     def _encode_pending(self) -> None:
         import tiktoken
@@ -339,16 +340,16 @@ def train_stage2(texts: list[str], ranks: dict[bytes, int], pattern: str, n_toke
 
 def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int], pattern: str, n_tokens: int,
                      shards: int, max_words: int = MAX_WORDS) -> tuple[dict[bytes, int], dict[str, Any]]:
-    """`train_stage2` over Ray actors: shard i splits and encodes the texts of refs[i::shards] (the first
-    limits[j] of ref j: the sample stage 1 trained on), the caller's process runs `merge_loop`. One round trip to
-    every shard per merge."""
+    """`train_stage2` over Ray actors: shard i splits and encodes every `shards`-th document from i of the first
+    limits[j] of each ref j (the sample stage 1 trained on), the caller's process runs `merge_loop`. One round trip
+    to every shard per merge."""
     import ray
 
     t0 = time.perf_counter()
-    shards = max(1, min(shards, sum(1 for n in limits if n)))
+    shards = max(1, min(shards, sum(limits)))
     actor = ray.remote(num_cpus=1, max_restarts=0)(Stage2Shard)
     parts = [actor.remote(ranks, pattern, max_words) for _ in range(shards)]
-    ray.get([a.add_refs.remote(refs[i::shards], limits[i::shards]) for i, a in enumerate(parts)])
+    ray.get([a.add_refs.remote(refs, limits, i, shards) for i, a in enumerate(parts)])
     counts: dict[tuple[int, int], int] = {}
     for part in ray.get([a.take_counts.remote() for a in parts]):
         for p, c in part.items():

@@ -95,6 +95,18 @@ def sampling_rates(sizes: dict[str, int], shares: dict[str, float], sample_bytes
     return {g: (shares[g] * budget / sizes[g] if sizes[g] else 0.0) for g in sizes}
 
 
+def check_column(paths: list[str], balance_by: str) -> None:
+    """Refuse, before any task runs, files without the group column (each named, with its columns)."""
+    missing = []
+    for path in paths:
+        names = sources.open_parquet(path).schema_arrow.names
+        if balance_by not in names:
+            missing.append(f"{path} (columns: {', '.join(names)})")
+    if missing:
+        raise sources.SourceError(f"no column {balance_by!r} to balance by in {'; '.join(missing)}; pass "
+                                  "--balance-by with a column every source has")
+
+
 def _group_table(piece: sources.Slice, text_column: str, id_column: str | None, balance_by: str
                  ) -> Iterator[tuple[pa.Table, int]]:
     """The slice's row groups with the text, group (and id) columns, and each one's first file-level row."""

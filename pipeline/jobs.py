@@ -221,21 +221,15 @@ def train_tokenizer(
             refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
             cap = sample_bytes
         else:
-            refs, record_balance = _balanced_sample(slices, sample_bytes, seed, text_column, id_column, balance_by,
-                                              balance_alpha, balance_weights or {})
+            refs, record_balance = _balanced_sample(slices, sample_bytes, seed, text_column, id_column,
+                                                    balance_by, balance_alpha, balance_weights or {})
             cap = 1 << 62  # the rates size the sample; a byte cap would cut off the groups sampled last
         train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
         # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
         stage1_size = stage2[0] if stage2 else vocab_size - len(SPECIAL_TOKENS)
         trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
         if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
-            # stage 2 on the same documents, its pieces sharded over Ray actors (pipeline/superbpe.py)
-            ranks, stats = superbpe.train_stage2_ray(refs, trained["used_per_ref"], dict(trained["ranks"]),
-                                                     stage2[1], vocab_size - len(SPECIAL_TOKENS),
-                                                     shards=int(ray.cluster_resources().get("CPU", 1)))
-            trained["ranks"] = list(ranks.items())
-            trained["superbpe"] = {"stage1_merges": stage2[0] - 256, "stage1_seconds": round(trained["seconds"], 3),
-                                   **stats}
+            _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS))
         if balance_by is not None:
             balance_record = record_balance()
     n_docs, n_bytes = trained["documents"], trained["bytes"]
@@ -264,6 +258,17 @@ def train_tokenizer(
     return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256, balance=balance_record)
 
 
+def _continue_superbpe(trained: dict[str, Any], refs: list[Any], stage2: tuple[int, str], n_tokens: int) -> None:
+    """SuperBPE's stage 2 on the documents stage 1 used, its pieces sharded over one Ray actor per CPU
+    (pipeline/superbpe.py); replaces `trained`'s ranks and adds its record."""
+    import ray
+
+    ranks, stats = superbpe.train_stage2_ray(refs, trained["used_per_ref"], dict(trained["ranks"]), stage2[1],
+                                             n_tokens, shards=int(ray.cluster_resources().get("CPU", 1)))
+    trained["ranks"] = list(ranks.items())
+    trained["superbpe"] = {"stage1_merges": stage2[0] - 256, "stage1_seconds": round(trained["seconds"], 3), **stats}
+
+
 def _balanced_sample(slices: list[sources.Slice], sample_bytes: int, seed: int, text_column: str, id_column: str,
                      balance_by: str, alpha: float, weights: dict[str, float]
                      ) -> tuple[list[Any], Callable[[], dict[str, Any]]]:
@@ -271,6 +276,7 @@ def _balanced_sample(slices: list[sources.Slice], sample_bytes: int, seed: int, 
     that returns the balance record once the draws are done."""
     import ray
 
+    balance.check_column(sorted({s.path for s in slices}), balance_by)
     measure = ray.remote(num_cpus=1, max_retries=3)(balance.measure_slice)
     sizes = balance.merge_counts(ray.get([measure.remote(s, text_column, balance_by, MAX_SAMPLE_DOC_CHARS)
                                           for s in slices]))

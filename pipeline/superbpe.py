@@ -258,6 +258,10 @@ class Stage2Shard:
         self.state.merge(pair)
         return self.take_counts()
 
+    def cpu_seconds(self) -> float:
+        """CPU time of this process: an actor's own work (on a shared machine, wall time says little)."""
+        return time.process_time()
+
     def stats(self) -> dict[str, int]:
         return {"documents": self.documents, "bytes": self.bytes, "unique_pieces": getattr(self, "unique_pieces", 0),
                 "pieces_trained": len(self.state.words)}
@@ -345,7 +349,7 @@ def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int]
     to every shard per merge."""
     import ray
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     shards = max(1, min(shards, sum(limits)))
     actor = ray.remote(num_cpus=1, max_restarts=0)(Stage2Shard)
     parts = [actor.remote(ranks, pattern, max_words) for _ in range(shards)]
@@ -359,8 +363,11 @@ def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int]
         tokens, skipped = merge_loop(ranks, counts, n_tokens,
                                      lambda pair: ray.get([a.merge.remote(pair) for a in parts]))
         shard_stats = ray.get([a.stats.remote() for a in parts])
+        shard_cpu = ray.get([a.cpu_seconds.remote() for a in parts])
     finally:
         for a in parts:
             ray.kill(a)
     out = {tok: r for r, tok in enumerate(tokens)}
-    return out, _stats(shard_stats, len(ranks), tokens, skipped, max_words, t0, split_s, "wall_")
+    return out, {**_stats(shard_stats, len(ranks), tokens, skipped, max_words, t0, split_s, "wall_"),
+                 "shard_cpu_seconds": [round(c, 1) for c in shard_cpu],
+                 "driver_cpu_seconds": round(time.process_time() - cpu0, 1)}

@@ -231,3 +231,4 @@ def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster)
     ranks, stats = superbpe.train_stage2_ray([ray.put(c) for c in chunks], limits, stage1, pattern, n, shards=2)
     assert ranks == superbpe.train_stage2(used, stage1, pattern, n)[0]
     assert stats["stage2_documents"] == len(used) and stats["shards"] == 2 and stats["skipped_existing"] == 0
+    assert len(stats["shard_cpu_seconds"]) == 2 and all(c > 0 for c in stats["shard_cpu_seconds"])

@@ -16,6 +16,7 @@ from tokshard.pipeline import atomic
 
 TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_JSON = "special_tokens_map.json"
+FILES = (TOKENIZER_CONFIG_JSON, SPECIAL_TOKENS_MAP_JSON)
 PAD = "<|pad|>"
 
 

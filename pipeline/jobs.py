@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokshard.pipeline import atomic, balance, sources, superbpe
+from tokshard.pipeline import atomic, balance, hf_folder, sources, superbpe
 from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
@@ -541,7 +541,7 @@ def copy_tokenizer(src: Path, dest: Path) -> None:
     """Copy a tokenizer directory file by file (atomically each), so OUT/tokenizer is byte-identical to SRC."""
     from tokshard.pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
 
-    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON):
+    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON):
         if (src / name).is_file():
             atomic.write_bytes(dest / name, (src / name).read_bytes())
 

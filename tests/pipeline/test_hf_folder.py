@@ -38,3 +38,11 @@ def test_special_tokens_map_lists_every_special_token(small_tokenizer_dir, small
     named |= {t["content"] for t in special_map["additional_special_tokens"]}
     assert named == set(small_tokenizer.special_tokens)
     assert "eos_token" not in special_map  # documents are separated by <|bos|>: no end-of-document token exists
+
+
+def test_the_copy_an_encode_run_keeps_loads_too(small_tokenizer_dir, small_tokenizer, tmp_path):
+    from tokshard.pipeline import jobs
+
+    jobs.copy_tokenizer(small_tokenizer_dir, tmp_path)  # what OUT/tokenizer gets
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert hf.pad_token == "<|pad|>" and hf("a b")["input_ids"] == small_tokenizer.encode("a b")

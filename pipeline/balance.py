@@ -9,8 +9,8 @@ content). Temperature sampling, as multilingual models draw their training data,
 proportions, alpha = 0 gives every group the same share, `w` (default 1) steers single groups (0 drops one). A
 group's sampling rate is share * sample / size; where it is above 1 (a small group given a large share) documents
 are repeated: floor(rate) copies each, plus one more for a stable hash fraction of them. The draw is a hash of
-(seed, document id), so it is deterministic and, at alpha = 1 with a rate below 1, picks the documents the uniform
-sample picks.
+(seed, document id), the uniform sample's: deterministic, and at alpha = 1 the documents a uniform sample of the
+same fraction draws.
 
 Two passes over the slices run as Ray tasks: `measure_slice` sums the bytes per group, `sample_slice` draws.
 """

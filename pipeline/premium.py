@@ -163,8 +163,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"premiums over {len(s['groups'])} groups with parallel text (tokens vs {ref}), {ref} bytes/token:",
              f"  {'tokenizer':24s} {'worst':>7s} {'(group)':>9s} {'mean':>7s} {ref + ' B/tok':>10s}"]
     for name, t in s["tokenizers"].items():
+        untrained = t["groups_without_training_data"]
         lines.append(f"  {name[:24]:24s} {_fmt(t['worst_premium']):>7s} {(t['worst_group'] or '-')[:9]:>9s} "
-                     f"{_fmt(t['mean_premium']):>7s} {_fmt(t['reference_bytes_per_token']):>10s}")
+                     f"{_fmt(t['mean_premium']):>7s} {_fmt(t['reference_bytes_per_token']):>10s}"
+                     + (f"  (no training data: {', '.join(untrained)})" if untrained else ""))
     sweep = report.get("alpha_sweep")
     if sweep:
         lines.append(f"sweep-alpha at {sweep['vocab_size']:,} tokens, balanced by {sweep['balance_by']!r}: "

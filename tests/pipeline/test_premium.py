@@ -66,6 +66,7 @@ def test_summary_names_groups_without_training_data(tmp_path, corpus, ray_cluste
     s = report["premium_summary"]["tokenizers"]["tok"]
     assert s["groups_without_training_data"] == ["rot"] and s["worst_premium"] > 1.2
     assert s["reference_bytes_per_token"] == report["tokenizers"][0]["groups"]["en"]["bytes_per_token"]
+    assert any(line.endswith("(no training data: rot)") for line in premium.summary_lines(report))
     no_parallel = evaluate.run([str(tmp_path / "tok")], tmp_path / "r2", source=str(corpus / "eval.parquet"),
                                group_by="language", repeats=1)
     assert no_parallel["premium_summary"] is None and premium.PLOT not in no_parallel["plots"]

@@ -352,6 +352,8 @@ def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]
         t = meta["training"]
         lines.append(f"  trained on {t.get('sample_documents', '?'):,} docs / {t.get('sample_bytes', 0) / 1e6:,.1f} MB "
                      f"of {t.get('source')} in {t.get('seconds', '?')} s")
+        if t.get("balance"):
+            lines += ["  " + line for line in balance.summary_lines(t["balance"])]
     return summary, lines, problems
 
 

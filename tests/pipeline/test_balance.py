@@ -140,6 +140,7 @@ def test_cli_prints_the_shares_and_refuses_options_without_balance_by(tmp_path, 
                        "600", "--sample-bytes", "400000", "--balance-by", "language", "--balance-alpha", "0.5",
                        "--workers", "2").stdout
     assert "balanced by 'language', alpha 0.5" in out and "\n  en " in out
+    assert "  balanced by 'language', alpha 0.5" in run_tokshard("inspect", str(tmp_path / "t")).stdout
     bad = run_tokshard("train-tokenizer", "--source", two_sources, "--out", str(tmp_path / "u"),
                        "--balance-weights", "en=2", check=False)
     assert bad.returncode != 0 and "need --balance-by" in bad.stderr

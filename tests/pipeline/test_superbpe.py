@@ -193,6 +193,7 @@ def test_train_tokenizer_job_records_superbpe_and_reuse_tells_transitions_apart(
     record = meta["training"]["superbpe"]
     assert record["transition"] == transition and record["stage1_merges"] == transition - len(SPECIAL_TOKENS) - 256
     assert record["stage2_merges"] == vocab - transition and record["skipped_existing"] == 0
+    assert record["stage2_documents"] == meta["training"]["sample_documents"]  # stage 2 sees stage 1's sample
     assert record["stage1_pattern"] == resolve_pattern("cl100k-d2")[1]
     assert record["stage2_pattern"] == meta["pattern"] == superbpe.stage2_pattern("cl100k-d2")
     assert meta["pattern_name"] == "superbpe-cl100k-d2" and meta["vocab_size"] == vocab
@@ -213,3 +214,28 @@ def test_stage2_subset_is_evenly_spaced_and_bounded() -> None:
     assert subset == texts[::4]  # every 4th: spans the sample from first to last file, not just its start
     assert sum(map(len, subset)) <= 25_000
     assert superbpe.stage2_subset(texts, max_bytes=25_000) == subset  # deterministic
+
+
+def test_sharded_stage2_gives_the_single_process_merges(trained):
+    """Pieces are independent: splitting them over shards changes nothing, merge for merge."""
+    texts, stage1 = trained["train"][:400], trained["stage1"]
+    pattern, n = superbpe.stage2_pattern("cl100k-d2"), TRANSITION + 192
+    one, stats_one = superbpe.train_stage2(texts, stage1, pattern, n)
+    three, stats_three = superbpe.train_stage2(texts, stage1, pattern, n, shards=3)
+    assert one == three and len(one) == n and stats_three["shards"] == 3
+    assert stats_three["pieces_trained"] >= stats_one["pieces_trained"]  # a piece may be in two shards
+
+
+def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster):
+    """The job's path: actors read the sample's refs, only the documents stage 1 used (limits), same merges."""
+    import ray
+
+    texts, stage1 = trained["train"][:400], trained["stage1"]
+    pattern, n = superbpe.stage2_pattern("cl100k-d2"), TRANSITION + 128
+    chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    limits = [50] * (len(chunks) - 2) + [20, 0]  # stage 1 stopped inside the second to last chunk
+    used = [t for chunk, k in zip(chunks, limits, strict=True) for t in chunk[:k]]
+    ranks, stats = superbpe.train_stage2_ray([ray.put(c) for c in chunks], limits, stage1, pattern, n, shards=2)
+    assert ranks == superbpe.train_stage2(used, stage1, pattern, n)[0]
+    assert stats["stage2_documents"] == len(used) and stats["shards"] == 2 and stats["skipped_existing"] == 0
+    assert len(stats["shard_cpu_seconds"]) == 2 and all(c > 0 for c in stats["shard_cpu_seconds"])

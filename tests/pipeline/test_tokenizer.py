@@ -305,7 +305,7 @@ def test_guard_screen_answers_small_inputs_and_defers_to_the_scan():
 def test_load_cached_shares_one_tokenizer_across_directories_and_checks_the_file(small_tokenizer_dir, tmp_path):
     """Each run copies its tokenizer into its OUTDIR; a warm worker must not parse it again per run, and must
     never serve a directory whose tokenizer.json differs from the sha256 it was asked for."""
-    from tokshard.pipeline.jobs import copy_tokenizer
+    from tokshard.pipeline.tokenizer import copy_tokenizer
 
     sha = Tokenizer.load(small_tokenizer_dir).sha256
     copy_tokenizer(small_tokenizer_dir, tmp_path / "run-a")

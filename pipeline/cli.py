@@ -149,7 +149,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
-    # Throughput is defined single-threaded: riptoken's pool reads this when it first starts (Ray tasks set it too).
+    # Throughput is defined single-threaded: the engines' Rust pools read this when they start (Ray tasks set it too).
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     report = evaluate.run(
         args.tokenizers, args.out, source=args.source, text_column=args.text_column, id_column=args.id_column,

@@ -31,6 +31,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from tokshard.pipeline.tokenizer import bpe_merge
+
 MAX_WORDS = 4
 # Stage 2 runs in one Python process and holds every distinct stage-2 piece (nearly every clause is distinct):
 # 16 MB of text took 53 CPU-s and 1.1 GB RSS. Above this much text it trains on an evenly spaced subset of the
@@ -137,17 +139,7 @@ class _Stage2:
         return parts
 
     def _encode_general(self, parts: list[int]) -> list[int]:
-        token, rank = self.token, self.rank
-        while len(parts) > 1:
-            best, best_rank = -1, len(token)
-            for i in range(len(parts) - 1):
-                r = rank.get(token[parts[i]] + token[parts[i + 1]])
-                if r is not None and r < best_rank:
-                    best, best_rank = i, r
-            if best < 0:
-                break
-            parts[best : best + 2] = [best_rank]
-        return parts
+        return bpe_merge(parts, self.token, self.rank)
 
     def merge(self, pair: tuple[int, int]) -> list[tuple[int, int]]:
         """Add the token pair[0]+pair[1] and re-encode every piece holding a pair with those bytes; return the

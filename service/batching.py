@@ -23,14 +23,14 @@ class Coalescer:
         self.engine = engine
         self.max_chars = max_chars
         self.on_flush = on_flush  # called with the number of texts of each engine call (a metric)
-        self._pending: list[tuple[Sequence[str], Sequence[bytes], asyncio.Future[list[list[int]]]]] = []
+        self._pending: list[tuple[Sequence[str], asyncio.Future[list[list[int]]]]] = []
         self._chars = 0
 
-    async def encode(self, texts: Sequence[str], data: Sequence[bytes]) -> list[list[int]]:
-        """Ids (without <|bos|>) of `texts`, whose UTF-8 `data` the caller has already checked."""
+    async def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids (without <|bos|>) of `texts`, which the caller has already checked (`Engine.utf8`)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[list[int]]] = loop.create_future()
-        self._pending.append((texts, data, future))
+        self._pending.append((texts, future))
         self._chars += sum(map(len, texts))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
@@ -43,18 +43,17 @@ class Coalescer:
         if not pending:
             return
         texts = [t for p in pending for t in p[0]]
-        data = [d for p in pending for d in p[1]]
         if self.on_flush is not None:
             self.on_flush(len(texts))
         try:
-            ids = self.engine.encode_utf8(texts, data, bos=False)
+            ids = self.engine.encode_checked(texts, bos=False)
         except Exception as e:  # not a client error (inputs were checked): every waiting request gets the 500
-            for _, _, future in pending:
+            for _, future in pending:
                 if not future.done():
                     future.set_exception(e)
             return
         pos = 0
-        for batch, _, future in pending:
+        for batch, future in pending:
             if not future.done():
                 future.set_result(ids[pos : pos + len(batch)])
             pos += len(batch)

@@ -343,11 +343,12 @@ class Tokenizer:
         Documents longer than LONG_DOC_CHARS go through `piece_aligned_chunks` (preset patterns only), so the
         engine's working memory is bounded by a chunk, whatever the document's size."""
         texts = texts if isinstance(texts, list) else list(texts)
-        long_docs = [i for i, t in enumerate(texts) if len(t) > LONG_DOC_CHARS] if self.preset else []
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        long_docs = np.flatnonzero(lengths > LONG_DOC_CHARS).tolist() if self.preset else []
         if not long_docs:
             return self._with_bos(*self._encode_flat(texts, parallel), bos)
         parts: list[np.ndarray] = []
-        lengths: list[np.ndarray] = []
+        row_lengths: list[np.ndarray] = []
         start = 0
         for i in [*long_docs, len(texts)]:
             if i > start:  # the run of ordinary documents before this long one
@@ -356,7 +357,7 @@ class Tokenizer:
                 except UnencodableError as e:
                     raise UnencodableError(start + e.index, e.reason) from None
                 parts.append(flat)
-                lengths.append(np.diff(offsets))
+                row_lengths.append(np.diff(offsets))
             if i < len(texts):
                 doc = []
                 for chunk in piece_aligned_chunks(texts[i]):
@@ -365,10 +366,10 @@ class Tokenizer:
                     except UnencodableError as e:
                         raise UnencodableError(i, e.reason) from None
                 parts.append(np.concatenate(doc))
-                lengths.append(np.array([len(parts[-1])], dtype=np.int64))
+                row_lengths.append(np.array([len(parts[-1])], dtype=np.int64))
             start = i + 1
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        np.cumsum(np.concatenate(row_lengths), out=offsets[1:])
         return self._with_bos(np.concatenate(parts), offsets, bos)
 
     def _encode_flat(self, texts: list[str], parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:

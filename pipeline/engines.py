@@ -33,6 +33,9 @@ ENGINE_ENV = "TOKSHARD_ENGINE"
 # Our preset names -> gigatoken's pre-splitter scheme with the same pieces (checked by tests/pipeline/test_engines).
 GIGATOKEN_SCHEMES = {"cl100k": "gpt4", "gpt2": "gpt2", "o200k": "o200k"}
 ENGINE_NAMES = ("gigatoken", "fastokens", "tokenizers")
+# Up to this many texts gigatoken encodes one text per call: its batch call has a fixed cost of ~130 us (it builds
+# an awkward Array), 40x a 1 KB text's encoding (measured in docs/benchmarks.md, "Encoder engines").
+GIGATOKEN_SMALL_BATCH = 16
 
 
 class Engine(Protocol):
@@ -69,6 +72,11 @@ class GigatokenEngine:
     def encode_flat(self, texts: Sequence[str], parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
             return _empty()
+        if len(texts) <= GIGATOKEN_SMALL_BATCH:  # a batch call builds an awkward Array: ~130 us, for service calls
+            rows = [self._bpe.encode(t) for t in texts]
+            offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+            np.cumsum([len(r) for r in rows], out=offsets[1:])
+            return np.concatenate(rows).astype(np.uint32, copy=False), offsets
         layout = self._bpe.encode_batch(list(texts), parallel=parallel).layout  # an awkward ListOffsetArray
         offsets = np.asarray(layout.offsets, dtype=np.int64)
         ids = np.asarray(layout.content.data, dtype=np.uint32)[offsets[0] : offsets[-1]]

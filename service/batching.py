@@ -2,12 +2,12 @@
 
 Each engine call has a fixed cost next to the text's own: for one 1 KB text through `Tokenizer.encode_batch`,
 18 us of CPU with gigatoken and 36 us with fastokens, against 8 and 33 us per text when eight texts share a call
-(measured in docs/benchmarks.md, "Encoder engines"). Under concurrent load many requests are ready in the same event-loop iteration, so each small request parks its
-(already validated) texts here and awaits a future; the first one schedules a flush with `call_soon`, which runs
-after every request task already queued in that iteration has added its texts. The flush is one `encode_batch`
-on the event loop: only requests under `inline_chars` come here, and a flush never holds more than `max_chars`
-(reaching it flushes at once), so the loop is never blocked for long. A request that is cancelled while waiting
-(its client went away) just has its result dropped.
+(measured in docs/benchmarks.md, "Encoder engines"). Under concurrent load many requests are ready in the same
+event-loop iteration, so each small request parks its (already validated) texts here and awaits a future; the first
+one schedules a flush with `call_soon`, which runs after every request task already queued in that iteration has
+added its texts. The flush is one `encode_batch` on the event loop: only requests under `inline_chars` come here,
+and a flush never holds more than `max_chars` (reaching it flushes at once), so the loop is never blocked for long.
+A request that is cancelled while waiting (its client went away) just has its result dropped.
 """
 
 from __future__ import annotations

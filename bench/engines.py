@@ -17,6 +17,7 @@ tiktoken (the nanoGPT-style peers' engine) is timed too, `encode_ordinary` per d
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -51,7 +52,7 @@ def million_runs() -> list[str]:
 
 def mismatches(engine: engines.Engine, hf: tokenizers.Tokenizer, texts: list[str]) -> int:
     flat, offsets = engine.encode_flat(texts)
-    ours = [flat[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    ours = [flat[a:b].tolist() for a, b in itertools.pairwise(offsets)]
     theirs = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
     return sum(a != b for a, b in zip(ours, theirs, strict=True))
 

@@ -496,6 +496,8 @@ def load_cached(directory: str, sha256: str) -> Tokenizer:
     directory would parse the same vocabulary again for each run (~0.3 s per worker, docs/benchmarks.md). The
     sha256 of tokenizer.json fixes everything encoding depends on (ranks, pattern, special tokens); the file in
     `directory` is still hashed on every call (~1 ms), so a changed directory is never served from the cache."""
+    if not (Path(directory) / TOKENIZER_JSON).is_file():
+        return Tokenizer.load(directory)  # raises the error that says what is missing
     on_disk = sha256_file(Path(directory) / TOKENIZER_JSON)
     if sha256 and on_disk != sha256:
         raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")

@@ -307,7 +307,7 @@ def train_tokenizer(
 # -- encoding ---------------------------------------------------------------------------------------------
 class _SplitBuffer:
     """The encoded rows of one split of one slice. Ids are copied into one array as batches are encoded and the
-    shard is written from it as is, so a slice's ids are never held twice (pieces and their concatenation).
+    shard is written from it as is, so a slice's ids are never held twice (per-batch arrays and their concatenation).
     The array starts at an estimate and doubles if that is exceeded; pages never written take no memory."""
 
     def __init__(self, capacity: int, dtype: np.dtype) -> None:

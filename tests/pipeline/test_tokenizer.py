@@ -288,3 +288,18 @@ def test_load_cached_shares_one_tokenizer_across_directories_and_checks_the_file
     changed.write_text(changed.read_text().replace('"<|bos|>"', '"<|BOS|>"'))
     with pytest.raises(ValueError, match=f"has sha256 [0-9a-f]{{64}}, expected {sha}"):
         load_cached(str(tmp_path / "run-b"), sha)
+
+
+def test_gigatoken_cache_bound_rebuilds_the_engine_with_the_same_ids(monkeypatch):
+    """gigatoken's piece cache never evicts; past the memory bound the engine is rebuilt (here: at every check)
+    and must keep giving the same ids."""
+    texts = sample_texts(300)
+    bpe = rustbpe.Tokenizer()
+    bpe.train_from_iterator(iter(texts), vocab_size=2000 - len(SPECIAL_TOKENS), pattern=PATTERNS["cl100k"])
+    tok = Tokenizer.from_ranks(dict(bpe.get_mergeable_ranks()), PATTERNS["cl100k"], "cl100k")
+    expected = tok.encode_batch(texts)
+    monkeypatch.setattr(engines, "GIGATOKEN_CHECK_CHARS", 1)
+    monkeypatch.setattr(engines, "GIGATOKEN_CACHE_MAX_BYTES", -1)
+    fresh = Tokenizer.from_ranks(tok.ranks, tok.pattern, "cl100k")
+    assert [ids for i in range(0, 300, 50) for ids in fresh.encode_batch(texts[i : i + 50])] == expected
+    assert fresh.engine == "gigatoken" and fresh._engine.rebuilds == 6

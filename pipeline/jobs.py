@@ -77,6 +77,8 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
         yield
     finally:
         _Session.depth -= 1
+        if outer:
+            _Session.address = _Session.workers = None
         if outer and _Session.started:
             import ray
 
@@ -94,7 +96,9 @@ def _cluster_requested(address: str | None) -> bool:
 
 
 def runs_in_process(address: str | None, in_process: bool | None, text_bytes: int) -> bool:
-    """Whether a job runs in this process: as asked, else when there is no cluster and the text is small."""
+    """Whether a job runs in this process: as asked, else when there is no cluster and the text is small. An
+    address given to an enclosing `ray_session` (`tokshard run --address`) counts as the job's own."""
+    address = address or _Session.address
     if in_process is not None:
         if in_process and address:
             raise ValueError("--in-process runs without Ray: it cannot be combined with --address")

@@ -325,3 +325,7 @@ def test_where_a_run_goes(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS")
     monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a notebook's or a test's Ray: use it
     assert not jobs.runs_in_process(None, None, 1)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with jobs.ray_session("127.0.0.1:6379"):  # `tokshard run --address`: the jobs inside join that cluster
+        assert not jobs.runs_in_process(None, None, 1)
+    assert jobs.runs_in_process(None, None, 1)

@@ -39,6 +39,7 @@ class Engine:
     def __init__(self, tokenizer: Tokenizer, limits: Limits) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
+        tokenizer.encode_batch(["warm-up"], bos=False)  # build the encoding engine now, not on the first request
         self.vocab_size = tokenizer.vocab_size
         self.bos_id = tokenizer.bos_id
         self.special_ids = frozenset(tokenizer.special_tokens.values())

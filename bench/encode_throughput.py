@@ -5,9 +5,9 @@ On the same parquet files (`--copies` copies of the source with unique ids) and 
                   repetition: its caches start empty), `encode_flat` per row group of texts already in memory,
                   one thread: the ceiling
   raw tiktoken    `encode_ordinary` per document (the nanoGPT-style peers' engine)
-  tokshard        `pipeline.jobs.encode` on Ray with --workers N and with 1 worker: parquet read, encode, split,
-                  Arrow write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold run
-                  first)
+  tokshard        `tokshard.pipeline.jobs.encode` on Ray with --workers N and with 1 worker: parquet read, encode,
+                  split, Arrow write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold
+                  run first)
   nanoGPT-style   bench/nanogpt_style.py: multiprocessing Pool(N) + tiktoken encode_ordinary + numpy uint16 +
                   .bin write, with the same vocabulary (a fresh process, so its workers inherit nothing of ours)
   datatrove       bench/peers.py: datatrove's ParquetReader + DocumentTokenizer, N tasks (if installed)

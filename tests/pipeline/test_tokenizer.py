@@ -68,6 +68,7 @@ def test_every_pattern_matches_tokenizer_json_on_real_text(pattern_tokenizer):
     assert not mismatches, f"{len(mismatches)} documents differ, first: {texts[mismatches[0]][:200]!r}"
 
 
+@pytest.mark.slow
 def test_real_corpus_identity_at_32k(tmp_path):
     """32k vocabulary trained on real text; every document of a 15 MB corpus file encodes like tokenizer.json."""
     if SHARED_CORPUS.is_dir():
@@ -221,6 +222,7 @@ def test_changed_tokenizer_json_is_refused(small_tokenizer_dir, tmp_path):
         Tokenizer.load(d)
 
 
+@pytest.mark.slow
 def test_uint32_when_vocabulary_exceeds_uint16(tmp_path):
     # 66,000 ids cannot be uint16; train on enough real text to reach that many merges.
     texts = sample_texts()

@@ -17,6 +17,7 @@ from tokshard.pipeline import engines
 from tokshard.pipeline.superbpe import STAGE2_PATTERNS
 from tokshard.pipeline.tokenizer import (
     BOS,
+    DEFAULT_PATTERN,
     PATTERNS,
     SPECIAL_TOKENS,
     Tokenizer,
@@ -162,7 +163,7 @@ def test_engine_can_be_forced_by_environment(monkeypatch):
 
 def test_repr_does_not_dump_the_vocabulary(small_tokenizer):
     text = repr(small_tokenizer)
-    assert len(text) < 200 and "2,048" in text and "cl100k-d2" in text
+    assert len(text) < 200 and "2,048" in text and DEFAULT_PATTERN in text
     assert str(small_tokenizer) == text
 
 
@@ -199,7 +200,7 @@ def test_directory_contents_and_token_bytes(small_tokenizer_dir, small_tokenizer
     meta = json.loads((small_tokenizer_dir / "tokshard.json").read_text())
     assert meta["vocab_size"] == small_tokenizer.vocab_size == 2048
     assert meta["special_tokens"][BOS] == small_tokenizer.bos_id
-    assert meta["pattern_name"] == "cl100k-d2"
+    assert meta["pattern_name"] == DEFAULT_PATTERN
     assert meta["training"]["sample_documents"] > 100 and meta["training"]["sample_bytes"] > 100_000
     tb = np.load(small_tokenizer_dir / "token_bytes.npy")
     assert tb.shape == (2048,)

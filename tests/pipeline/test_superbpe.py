@@ -188,7 +188,8 @@ def test_train_tokenizer_job_records_superbpe_and_reuse_tells_transitions_apart(
     settings_ = {"vocab_size": vocab, "sample_bytes": 1_500_000, "pattern": "cl100k-d2", "seed": 0,
                  "text_column": "text", "id_column": "id"}
     assert cli.main(["train-tokenizer", "--source", source, "--out", str(out), "--vocab-size", str(vocab),
-                     "--sample-bytes", "1500000", "--superbpe-transition", str(transition)]) == 0
+                     "--sample-bytes", "1500000", "--superbpe-transition", str(transition),
+                     "--pattern", "cl100k-d2"]) == 0
     meta = json.loads((out / "tokshard.json").read_text())
     record = meta["training"]["superbpe"]
     assert record["transition"] == transition and record["stage1_merges"] == transition - len(SPECIAL_TOKENS) - 256

@@ -286,10 +286,8 @@ def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAU
         sources.append(_Source(i, spec.name, spec.weight, lengths, run.doc_shard, run.doc_start, seed))
     total_w = sum(s.weight for s in specs)
     capacity = [int(np.minimum(s.lengths, row_len).sum()) for s in sources]
-    if tokens is None:  # one pass: as many rows as the capped documents fill
-        n_rows = max(1, sum(capacity) // row_len)
-    else:
-        n_rows = -(-tokens // seq_len)
+    # tokens=None: one pass, as many rows as the capped documents fill
+    n_rows = max(1, sum(capacity) // row_len) if tokens is None else -(-tokens // seq_len)
     for spec, cap in zip(specs, capacity, strict=True):
         need = n_rows * row_len * spec.weight / total_w
         if need > cap * max_epochs:
@@ -405,8 +403,9 @@ def check_sources(plan_data: dict[str, Any]) -> list[str]:
             problems.append(f"source {src['name']}: {e}")
             continue
         if manifest.tokenizer["sha256"] != plan_data["tokenizer"]["sha256"]:
-            problems.append(f"source {src['name']} ({src['run']}): tokenizer is now {manifest.tokenizer['sha256'][:12]}…,"
-                            f" the plan was made with {plan_data['tokenizer']['sha256'][:12]}…")
+            problems.append(f"source {src['name']} ({src['run']}): tokenizer is now "
+                            f"{manifest.tokenizer['sha256'][:12]}…, the plan was made with "
+                            f"{plan_data['tokenizer']['sha256'][:12]}…")
         now = {r["path"]: r for r in manifest.shards}
         for rec in src["shards"]:
             cur = now.get(rec["path"])

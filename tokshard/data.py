@@ -115,9 +115,10 @@ class PackedRows(IterableDataset):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue after the batch the state was saved at, at this loader's world size and batch size."""
+        mine = self.state_dict()
         for key in ("rows", "seed", "seq_len"):
-            if key in state and state[key] != self.state_dict()[key]:
-                raise ValueError(f"the state was saved over another plan ({key} {state[key]} vs {self.state_dict()[key]})")
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"the state was saved over another plan ({key} {state[key]}, this one {mine[key]})")
         position = int(state["position"])
         if not 0 <= position <= self.plan.rows:
             raise ValueError(f"position {position} is outside the plan's {self.plan.rows} rows")

@@ -4,16 +4,16 @@ A plan answers "which tokens does row i hold?" once, so every trainer that reads
 through `tokshard.data`, nanoGPT and Megatron through `tokshard export`) trains on exactly the same rows in exactly
 the same order. It is built from the train split of one or more runs:
 
-- **Token shares.** Each source gets `weight / sum(weights)` of the row tokens. Documents are fed to the packer
-  from the source furthest below its share (counted in tokens, not documents), so at any point the shares are
-  within about one packing buffer of documents of the weights. A source smaller than its share is repeated, each
-  pass with a fresh shuffle, and the number of epochs is reported; more than `max_epochs` is refused.
+- **Token shares.** Each source gets `weight / sum(weights)` of the row tokens: every segment is taken from the
+  source furthest below its share (counted in placed tokens, not documents), so at any row the shares are within
+  about one document of the weights. A source smaller than its share is repeated, each pass with a fresh
+  shuffle, and the number of epochs is reported; more than `max_epochs` is refused.
 - **Global shuffle.** Each source's documents, across all its shards, are permuted by (seed, source, epoch).
 - **Best-fit packing.** Rows hold `seq_len + 1` tokens and start at a document start (`<|bos|>`). The packer keeps
-  `PACK_BUFFER` shuffled documents sorted by length and fills each row with the longest document that still fits;
-  when none fits, it pads the rest of the row or crops the shortest document into it, whichever wastes fewer
-  tokens. A document longer than a row contributes its first `seq_len + 1` tokens. Every row records its segments
-  (source, shard, first token, length), so a loader can mask attention per document.
+  up to `PACK_BUFFER` shuffled documents per source sorted by length and fills each row with the longest document
+  that still fits; when none fits, it pads the rest of the row or crops the shortest document into it, whichever
+  wastes fewer tokens. A document longer than a row contributes its first `seq_len + 1` tokens. Every row records
+  its segments (source, shard, first token, length), so a loader can mask attention per document.
 
 The plan directory holds `plan.json` (sources with the sha256 of every shard used and the tokenizer, shares,
 epochs, waste beside what naive concatenation and nanochat-style cropping give on the same documents) and
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 import json
 import math
 import zlib
@@ -132,7 +133,8 @@ def open_run(run: str) -> RunDocs:
 
 @dataclass
 class _Source:
-    """One source while packing: its documents, capped at a row, and its seeded per-epoch order."""
+    """One source while packing: its documents, its seeded per-epoch order, and a buffer of the next documents
+    sorted by (row-capped) length for best fit."""
 
     index: int
     name: str
@@ -141,85 +143,95 @@ class _Source:
     shard: np.ndarray
     start: np.ndarray
     seed: int
-    fed_tokens: int = 0  # capped tokens handed to the packer so far
-    fed_docs: int = 0
+    buffer_docs: int
+    placed: int = 0  # tokens placed in rows so far
+    drawn: int = 0  # documents taken from the shuffled order so far
+    _epoch: int = -1
+    _order: np.ndarray | None = None
 
-    def order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), epoch]).permutation(len(self.lengths))
+    def __post_init__(self) -> None:
+        self.buffer_docs = max(1, min(self.buffer_docs, len(self.lengths)))
+        self.lens: list[int] = []  # buffer, sorted by capped length
+        self.docs: list[tuple[int, int]] = []  # (document, draw number), parallel to lens
 
+    def _next_doc(self) -> int:
+        epoch, k = divmod(self.drawn, len(self.lengths))
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), epoch])
+            self._order, self._epoch = rng.permutation(len(self.lengths)), epoch
+        self.drawn += 1
+        return int(self._order[k])  # type: ignore[index]
 
-def _document_stream(sources: list[_Source], row_len: int) -> Iterator[tuple[int, int, int, int]]:
-    """(source, document, capped length, full length) for ever: the source furthest below its token share next."""
-    orders: dict[tuple[int, int], np.ndarray] = {}
-    while True:
-        s = min(sources, key=lambda x: (x.fed_tokens / x.weight, x.index))
-        epoch, k = divmod(s.fed_docs, len(s.lengths))
-        if (s.index, epoch) not in orders:
-            orders = {key: v for key, v in orders.items() if key[0] != s.index}  # keep one epoch per source
-            orders[(s.index, epoch)] = s.order(epoch)
-        doc = int(orders[(s.index, epoch)][k])
-        full = int(s.lengths[doc])
-        capped = min(full, row_len)
-        s.fed_tokens += capped
-        s.fed_docs += 1
-        yield s.index, doc, capped, full
+    def refill(self, row_len: int, draws: Iterator[int]) -> None:
+        """Top the buffer up; `draws` numbers documents in the order they are drawn from all sources (the
+        shuffled order the waste baselines are computed on)."""
+        while len(self.lens) < self.buffer_docs:
+            doc = self._next_doc()
+            capped = min(int(self.lengths[doc]), row_len)
+            j = bisect.bisect_right(self.lens, capped)
+            self.lens.insert(j, capped)
+            self.docs.insert(j, (doc, next(draws)))
+
+    def longest_fitting(self, room: int) -> int:
+        """Buffer index of the longest document of at most `room` tokens, or -1."""
+        return bisect.bisect_right(self.lens, room) - 1
 
 
 @dataclass
 class PackResult:
     segments: np.ndarray  # SEGMENT_DTYPE, rows' segments in order
     row_first: np.ndarray  # int64 [rows + 1]: row i holds segments[row_first[i]:row_first[i + 1]]
-    used_docs: list[tuple[int, int, int]]  # (source, doc, full length) of every document placed, in stream order
+    used_docs: list[tuple[int, int, int]]  # (source, doc, full length) of every document placed, in draw order
     tokens_per_source: np.ndarray
     padded: int
     cropped_fit: int  # tokens cut off documents cropped to fill a row's end
     cropped_long: int  # tokens beyond the first row_len of documents longer than a row
 
 
-def pack_best_fit(sources: list[_Source], n_rows: int, row_len: int, buffer_docs: int = PACK_BUFFER) -> PackResult:
-    """Fill `n_rows` rows of `row_len` tokens from the document stream, best fit within a buffer (module doc)."""
-    stream = _document_stream(sources, row_len)
-    lens: list[int] = []  # buffer, sorted by capped length
-    items: list[tuple[int, int, int]] = []  # (source, doc, full length), parallel to lens
+def pack_best_fit(sources: list[_Source], n_rows: int, row_len: int) -> PackResult:
+    """Fill `n_rows` rows of `row_len` tokens (module doc). Each segment comes from the source furthest below its
+    token share that has a document fitting the room left (its longest such document), so the shares of placed
+    tokens stay within about one document of the weights; when no source has one, the row's end is padded or
+    filled with a crop of the neediest source's shortest document, whichever wastes less."""
     segs: list[tuple[int, int, int, int]] = []
     row_first = [0]
-    used: list[tuple[int, int, int]] = []
-    per_source = np.zeros(len(sources), np.int64)
+    used: list[tuple[int, int, int, int]] = []  # (draw number, source, doc, full length)
+    draws = itertools.count()
     padded = cropped_fit = cropped_long = 0
 
-    def take(j: int, length: int) -> None:
+    def take(s: _Source, j: int, length: int) -> None:
         nonlocal cropped_fit, cropped_long
-        src, doc, full = items.pop(j)
-        capped = lens.pop(j)
-        s = sources[src]
-        segs.append((src, int(s.shard[doc]), int(s.start[doc]), length))
-        used.append((src, doc, full))
-        per_source[src] += length
+        (doc, drawn), capped = s.docs.pop(j), s.lens.pop(j)
+        full = int(s.lengths[doc])
+        segs.append((s.index, int(s.shard[doc]), int(s.start[doc]), length))
+        used.append((drawn, s.index, doc, full))
+        s.placed += length
         cropped_long += full - capped
         cropped_fit += capped - length
 
     for _ in range(n_rows):
         room = row_len
         while room > 0:
-            while len(lens) < buffer_docs:
-                src, doc, capped, full = next(stream)
-                j = bisect.bisect_right(lens, capped)
-                lens.insert(j, capped)
-                items.insert(j, (src, doc, full))
-            j = bisect.bisect_right(lens, room) - 1
-            if j >= 0:  # the longest document that fits
-                room -= lens[j]
-                take(j, lens[j])
-            elif lens[0] - room < room:  # cropping the shortest document wastes less than padding
-                take(0, room)
-                room = 0
+            neediest = sorted(sources, key=lambda x: (x.placed / x.weight, x.index))
+            for s in neediest:
+                s.refill(row_len, draws)
+                j = s.longest_fitting(room)
+                if j >= 0:
+                    room -= s.lens[j]
+                    take(s, j, s.lens[j])
+                    break
             else:
-                padded += room
+                s = neediest[0]
+                if s.lens[0] - room < room:  # cropping the shortest document wastes less than padding
+                    take(s, 0, room)
+                else:
+                    padded += room
                 room = 0
         row_first.append(len(segs))
-    return PackResult(segments=np.array(segs, dtype=SEGMENT_DTYPE), row_first=np.array(row_first, np.int64),
-                      used_docs=used, tokens_per_source=per_source, padded=padded, cropped_fit=cropped_fit,
-                      cropped_long=cropped_long)
+    return PackResult(segments=np.array(segs, dtype=SEGMENT_DTYPE).reshape(-1),
+                      row_first=np.array(row_first, np.int64), used_docs=[u[1:] for u in sorted(used)],
+                      tokens_per_source=np.array([s.placed for s in sources], np.int64), padded=padded,
+                      cropped_fit=cropped_fit, cropped_long=cropped_long)
 
 
 def waste_naive(lengths: np.ndarray, row_len: int) -> dict[str, Any]:
@@ -283,7 +295,8 @@ def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAU
         if int(lengths.sum()) < row_len:
             raise PlanError(f"--seq-len {seq_len}: source {spec.name} holds only {int(lengths.sum()):,} train tokens, "
                             f"fewer than one row of {row_len:,}; lower --seq-len")
-        sources.append(_Source(i, spec.name, spec.weight, lengths, run.doc_shard, run.doc_start, seed))
+        sources.append(_Source(i, spec.name, spec.weight, lengths, run.doc_shard, run.doc_start, seed,
+                               buffer_docs))
     total_w = sum(s.weight for s in specs)
     capacity = [int(np.minimum(s.lengths, row_len).sum()) for s in sources]
     # tokens=None: one pass, as many rows as the capped documents fill
@@ -294,7 +307,7 @@ def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAU
             raise PlanError(f"--tokens {n_rows * seq_len:,}: source {spec.name} ({spec.run}) holds {cap:,} usable "
                             f"tokens; its share of {need:,.0f} would take {need / cap:.1f} epochs, above --max-epochs "
                             f"{max_epochs:g}. Lower --tokens or its weight, or raise --max-epochs")
-    packed = pack_best_fit(sources, n_rows, row_len, buffer_docs)
+    packed = pack_best_fit(sources, n_rows, row_len)
     plan = _describe(specs, runs, sources, packed, seq_len, seed, n_rows, max_epochs, buffer_docs)
     return plan, packed
 
@@ -327,9 +340,9 @@ def _describe(specs: list[SourceSpec], runs: list[RunDocs], sources: list[_Sourc
             "naive_concatenation": waste_naive(used_lengths, row_len),
             "nanochat_crop": waste_crop(used_lengths, row_len),
             "document_tokens": doc_tokens,
-            "definition": "wasted_tokens / document_tokens over the documents the best-fit plan placed, in its "
-                          "stream order: tokens cropped or padded (naive concatenation wastes only its tail, but its "
-                          "rows start mid-document)",
+            "definition": "wasted_tokens / document_tokens over the documents the best-fit plan placed, in the "
+                          "shuffled order they were drawn: tokens cropped or padded (naive concatenation wastes "
+                          "only its tail, but its rows start mid-document)",
         },
     }
 
@@ -414,10 +427,13 @@ def check_sources(plan_data: dict[str, Any]) -> list[str]:
             elif cur["sha256"] != rec["sha256"]:
                 problems.append(f"source {src['name']}: shard {rec['path']} sha256 is now {cur['sha256'][:12]}…, "
                                 f"the plan was made with {rec['sha256'][:12]}…")
-            elif "://" not in src["run"] and Path(join(src["run"], rec["path"])).stat().st_size != rec["size"]:
-                problems.append(f"source {src['name']}: {join(src['run'], rec['path'])} is "
-                                f"{Path(join(src['run'], rec['path'])).stat().st_size:,} bytes, the plan says "
-                                f"{rec['size']:,}")
+            elif "://" not in src["run"]:
+                path = Path(join(src["run"], rec["path"]))
+                if not path.is_file():
+                    problems.append(f"source {src['name']}: {path} is missing")
+                elif path.stat().st_size != rec["size"]:
+                    problems.append(f"source {src['name']}: {path} is {path.stat().st_size:,} bytes, the plan says "
+                                    f"{rec['size']:,}")
     return problems
 
 

@@ -33,10 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_cluster, small_tokenizer_dir) -> Path:
-    out = tmp_path_factory.mktemp("trainer") / "out"
-    jobs.encode(None, small_tokenizer_dir, out, show_progress=False)
-    return out
+def shards(sample_run) -> Path:
+    return sample_run
 
 
 def records(run: Path, kind: str) -> list[dict]:

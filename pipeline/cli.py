@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="document shuffle (default: %(default)s)")
     p.add_argument("--max-epochs", type=float, default=mix.DEFAULT_MAX_EPOCHS, help="refuse a plan that repeats a "
                    "source more often (default: %(default)s)")
+    p.add_argument("--split-long-docs", action="store_true", help="cut documents longer than a row into row-sized "
+                   "pieces, each masked as its own document, instead of keeping only their first row (far less waste "
+                   "on long documents; rows may then start mid-document)")
     p.add_argument("--out", required=True, help="plan directory (plan.json, segments.npy, rows.npy)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_mix))
@@ -158,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     specs = [mix.parse_source(a) for a in args.sources]
-    plan, packed = mix.build_plan(specs, args.tokens, args.seq_len, args.seed, args.max_epochs)
+    plan, packed = mix.build_plan(specs, args.tokens, args.seq_len, args.seed, args.max_epochs,
+                                  split_long=args.split_long_docs)
     mix.write_plan(args.out, plan, packed)
     _print(args, {**plan, "out": str(args.out)}, [mix.describe(plan) + f" -> {args.out}"])
     return 0

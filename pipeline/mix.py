@@ -12,8 +12,10 @@ the same order. It is built from the train split of one or more runs:
 - **Best-fit packing.** Rows hold `seq_len + 1` tokens and start at a document start (`<|bos|>`). The packer keeps
   up to `PACK_BUFFER` shuffled documents per source sorted by length and fills each row with the longest document
   that still fits; when none fits, it pads the rest of the row or crops the shortest document into it, whichever
-  wastes fewer tokens. A document longer than a row contributes its first `seq_len + 1` tokens. Every row records
-  its segments (source, shard, first token, length), so a loader can mask attention per document.
+  wastes fewer tokens. A document longer than a row contributes its first `seq_len + 1` tokens (nanochat's
+  choice: every row starts at a `<|bos|>`), or with `split_long` all of it, in row-sized pieces that are each
+  masked as a document of their own (a row may then start mid-document). Every row records its segments
+  (source, shard, first token, length), so a loader can mask attention per document.
 
 The plan directory holds `plan.json` (sources with the sha256 of every shard used and the tokenizer, shares,
 epochs, waste beside what naive concatenation and nanochat-style cropping give on the same documents) and
@@ -144,6 +146,7 @@ class _Source:
     start: np.ndarray
     seed: int
     buffer_docs: int
+    split_long: bool = False  # documents longer than a row: cut into row-sized pieces instead of cropped
     placed: int = 0  # tokens placed in rows so far
     drawn: int = 0  # documents taken from the shuffled order so far
     _epoch: int = -1
@@ -151,8 +154,8 @@ class _Source:
 
     def __post_init__(self) -> None:
         self.buffer_docs = max(1, min(self.buffer_docs, len(self.lengths)))
-        self.lens: list[int] = []  # buffer, sorted by capped length
-        self.docs: list[tuple[int, int]] = []  # (document, draw number), parallel to lens
+        self.lens: list[int] = []  # buffer, sorted by (capped or piece) length
+        self.docs: list[tuple[int, int, int]] = []  # (document, first token in it, draw number), parallel to lens
 
     def _next_doc(self) -> int:
         epoch, k = divmod(self.drawn, len(self.lengths))
@@ -166,11 +169,13 @@ class _Source:
         """Top the buffer up; `draws` numbers documents in the order they are drawn from all sources (the
         shuffled order the waste baselines are computed on)."""
         while len(self.lens) < self.buffer_docs:
-            doc = self._next_doc()
-            capped = min(int(self.lengths[doc]), row_len)
-            j = bisect.bisect_right(self.lens, capped)
-            self.lens.insert(j, capped)
-            self.docs.insert(j, (doc, next(draws)))
+            doc, drawn = self._next_doc(), next(draws)
+            full = int(self.lengths[doc])
+            for offset in range(0, full, row_len) if self.split_long else (0,):
+                length = min(full - offset, row_len)
+                j = bisect.bisect_right(self.lens, length)
+                self.lens.insert(j, length)
+                self.docs.insert(j, (doc, offset, drawn))
 
     def longest_fitting(self, room: int) -> int:
         """Buffer index of the longest document of at most `room` tokens, or -1."""
@@ -185,7 +190,8 @@ class PackResult:
     tokens_per_source: np.ndarray
     padded: int
     cropped_fit: int  # tokens cut off documents cropped to fill a row's end
-    cropped_long: int  # tokens beyond the first row_len of documents longer than a row
+    cropped_long: int  # tokens beyond the first row_len of documents longer than a row (not with split_long)
+    rows_at_bos: int  # rows whose first segment is a document start (all of them unless split_long)
 
 
 def pack_best_fit(sources: list[_Source], n_rows: int, row_len: int) -> PackResult:
@@ -197,28 +203,33 @@ def pack_best_fit(sources: list[_Source], n_rows: int, row_len: int) -> PackResu
     row_first = [0]
     used: list[tuple[int, int, int, int]] = []  # (draw number, source, doc, full length)
     draws = itertools.count()
-    padded = cropped_fit = cropped_long = 0
+    padded = cropped_fit = cropped_long = rows_at_bos = 0
 
     def take(s: _Source, j: int, length: int) -> None:
-        nonlocal cropped_fit, cropped_long
-        (doc, drawn), capped = s.docs.pop(j), s.lens.pop(j)
+        nonlocal cropped_fit, cropped_long, rows_at_bos
+        (doc, offset, drawn), capped = s.docs.pop(j), s.lens.pop(j)
         full = int(s.lengths[doc])
-        segs.append((s.index, int(s.shard[doc]), int(s.start[doc]), length))
-        used.append((drawn, s.index, doc, full))
+        if room == row_len and offset == 0:
+            rows_at_bos += 1
+        segs.append((s.index, int(s.shard[doc]), int(s.start[doc]) + offset, length))
+        if offset == 0:
+            used.append((drawn, s.index, doc, full))
+            cropped_long += 0 if s.split_long else full - capped
         s.placed += length
-        cropped_long += full - capped
         cropped_fit += capped - length
 
+    room = row_len
     for _ in range(n_rows):
-        room = row_len
+        room = row_len  # take() reads it: a segment placed into an empty row starts the row
         while room > 0:
             neediest = sorted(sources, key=lambda x: (x.placed / x.weight, x.index))
             for s in neediest:
                 s.refill(row_len, draws)
                 j = s.longest_fitting(room)
                 if j >= 0:
-                    room -= s.lens[j]
-                    take(s, j, s.lens[j])
+                    length = s.lens[j]
+                    take(s, j, length)
+                    room -= length
                     break
             else:
                 s = neediest[0]
@@ -231,7 +242,7 @@ def pack_best_fit(sources: list[_Source], n_rows: int, row_len: int) -> PackResu
     return PackResult(segments=np.array(segs, dtype=SEGMENT_DTYPE).reshape(-1),
                       row_first=np.array(row_first, np.int64), used_docs=[u[1:] for u in sorted(used)],
                       tokens_per_source=np.array([s.placed for s in sources], np.int64), padded=padded,
-                      cropped_fit=cropped_fit, cropped_long=cropped_long)
+                      cropped_fit=cropped_fit, cropped_long=cropped_long, rows_at_bos=rows_at_bos)
 
 
 def waste_naive(lengths: np.ndarray, row_len: int) -> dict[str, Any]:
@@ -267,9 +278,11 @@ def waste_crop(lengths: np.ndarray, row_len: int) -> dict[str, Any]:
 
 
 def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0,
-               max_epochs: float = DEFAULT_MAX_EPOCHS, buffer_docs: int = PACK_BUFFER) -> tuple[dict[str, Any],
-                                                                                                 PackResult]:
-    """The plan (plan.json's content) and its rows; `tokens=None` means one pass over the sources' documents."""
+               max_epochs: float = DEFAULT_MAX_EPOCHS, buffer_docs: int = PACK_BUFFER,
+               split_long: bool = False) -> tuple[dict[str, Any], PackResult]:
+    """The plan (plan.json's content) and its rows; `tokens=None` means one pass over the sources' documents.
+    `split_long` cuts documents longer than a row into row-sized pieces (each masked as its own document; rows
+    may then start mid-document) instead of keeping only their first row."""
     if not specs:
         raise PlanError("no sources given: name at least one finished run (NAME=RUN:WEIGHT)")
     names = [s.name for s in specs]
@@ -296,9 +309,9 @@ def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAU
             raise PlanError(f"--seq-len {seq_len}: source {spec.name} holds only {int(lengths.sum()):,} train tokens, "
                             f"fewer than one row of {row_len:,}; lower --seq-len")
         sources.append(_Source(i, spec.name, spec.weight, lengths, run.doc_shard, run.doc_start, seed,
-                               buffer_docs))
+                               buffer_docs, split_long))
     total_w = sum(s.weight for s in specs)
-    capacity = [int(np.minimum(s.lengths, row_len).sum()) for s in sources]
+    capacity = [int((s.lengths if split_long else np.minimum(s.lengths, row_len)).sum()) for s in sources]
     # tokens=None: one pass, as many rows as the capped documents fill
     n_rows = max(1, sum(capacity) // row_len) if tokens is None else -(-tokens // seq_len)
     for spec, cap in zip(specs, capacity, strict=True):
@@ -309,6 +322,7 @@ def build_plan(specs: list[SourceSpec], tokens: int | None, seq_len: int = DEFAU
                             f"{max_epochs:g}. Lower --tokens or its weight, or raise --max-epochs")
     packed = pack_best_fit(sources, n_rows, row_len)
     plan = _describe(specs, runs, sources, packed, seq_len, seed, n_rows, max_epochs, buffer_docs)
+    plan["long_documents"] = "split" if split_long else "crop"
     return plan, packed
 
 
@@ -336,7 +350,8 @@ def _describe(specs: list[SourceSpec], runs: list[RunDocs], sources: list[_Sourc
         "waste": {
             "best_fit": {"rows": n_rows, "wasted_tokens": wasted, "waste": wasted / max(doc_tokens, 1),
                          "padded": packed.padded, "cropped_to_fit": packed.cropped_fit,
-                         "cropped_long_documents": packed.cropped_long, "rows_starting_at_bos": 1.0},
+                         "cropped_long_documents": packed.cropped_long,
+                         "rows_starting_at_bos": packed.rows_at_bos / max(n_rows, 1)},
             "naive_concatenation": waste_naive(used_lengths, row_len),
             "nanochat_crop": waste_crop(used_lengths, row_len),
             "document_tokens": doc_tokens,
@@ -446,7 +461,9 @@ def describe(plan: dict[str, Any]) -> str:
         lines.append(f"  {s['name']}: {s['tokens']:,} tokens ({100 * s['share']:.2f}%, target "
                      f"{100 * s['share_target']:.2f}%), {s['documents_used']:,} documents, {s['epochs']:.2f} epochs")
     lines.append(f"  waste: best fit {100 * w['best_fit']['waste']:.2f}% (padded {w['best_fit']['padded']:,}, "
-                 f"cropped {w['best_fit']['cropped_to_fit'] + w['best_fit']['cropped_long_documents']:,}); "
+                 f"cropped {w['best_fit']['cropped_to_fit'] + w['best_fit']['cropped_long_documents']:,}, long "
+                 f"documents {plan['long_documents']}, {100 * w['best_fit']['rows_starting_at_bos']:.1f}% of rows "
+                 "starting at <|bos|>); "
                  f"nanochat crop {100 * w['nanochat_crop']['waste']:.2f}%; naive concatenation "
                  f"{100 * w['naive_concatenation']['waste']:.2f}% with "
                  f"{100 * (1 - w['naive_concatenation']['rows_starting_at_bos']):.1f}% of rows starting mid-document")

@@ -41,7 +41,7 @@ __all__ = ["IGNORE_INDEX", "Loader", "PackedRows", "open_plan"]
 
 
 def open_plan(source: str | Path, *, seq_len: int | None = None, tokens: int | None = None, seed: int = 0,
-              max_epochs: float = mix.DEFAULT_MAX_EPOCHS) -> mix.Plan:
+              max_epochs: float = mix.DEFAULT_MAX_EPOCHS, split_long: bool = False) -> mix.Plan:
     """A plan directory as is, or a run directory planned in memory (one pass, or `tokens`, at `seq_len`)."""
     if mix.is_plan(source):
         plan = mix.read_plan(source)
@@ -51,7 +51,8 @@ def open_plan(source: str | Path, *, seq_len: int | None = None, tokens: int | N
         return plan
     if seq_len is None:
         raise ValueError(f"{source} is a run, not a plan: give seq_len (rows are seq_len + 1 tokens)")
-    data, packed = mix.build_plan([mix.SourceSpec("run", str(source), 1.0)], tokens, seq_len, seed, max_epochs)
+    data, packed = mix.build_plan([mix.SourceSpec("run", str(source), 1.0)], tokens, seq_len, seed, max_epochs,
+                                  split_long=split_long)
     return mix.Plan(Path(str(source)), data, packed.segments, packed.row_first)
 
 

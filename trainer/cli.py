@@ -41,8 +41,9 @@ def register(sub: Any) -> None:
     p.add_argument("--stop-at", type=int, default=S, help="stop after this step with a checkpoint, schedule unchanged")
     p.add_argument("--device", default=S, help=f"cpu, cuda or auto (default: {DEFAULTS['device']}: cuda when "
                    "available)")
-    p.add_argument("--packing", choices=PACKINGS, default=S, help="best-fit: rows packed from whole documents, "
-                   "attention masked per document; windows: fixed windows across documents (default: "
+    p.add_argument("--packing", choices=PACKINGS, default=S, help="best-fit: rows packed from whole documents "
+                   "from their <|bos|>, attention masked per document; best-fit-split: the same with documents longer "
+                   "than a row cut into pieces instead of cropped; windows: fixed windows across documents (default: "
                    f"{DEFAULTS['packing']})")
     size = p.add_argument_group("model size (override the preset)")
     for key in ("n_layer", "n_head", "n_embd", "seq_len"):

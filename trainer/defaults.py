@@ -22,7 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "eval_tokens": 1 << 20, "log_every": 10, "device": "auto", "prefetch": 4, "peak_flops": H100_BF16_PEAK_FLOPS,
     "packing": "best-fit",
 }
-PACKINGS = ("best-fit", "windows")
+# best-fit: rows of whole documents from their <|bos|> (longer ones cropped), attention masked per document;
+# best-fit-split: the same, documents longer than a row cut into row-sized pieces; windows: fixed windows across
+# documents, unmasked (nanoGPT's way).
+PACKINGS = ("best-fit", "best-fit-split", "windows")
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"steps": 300, "batch_size": 16, "eval_every": 100},
     # 32 x 1024 tokens x 16 micro-steps = 0.5M tokens per step on one GPU (nanoGPT's batch); torchrun with N

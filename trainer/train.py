@@ -251,7 +251,7 @@ class Run:
     @property
     def masked(self) -> bool:
         """Attention masked per document (packed rows): validation is then masked the same way."""
-        return self.settings["packing"] == "best-fit"
+        return self.settings["packing"] != "windows"
 
     def close(self) -> None:
         self.loader.close()
@@ -293,7 +293,7 @@ def _open_data(settings: dict[str, Any], state: dict[str, Any] | None, say: Call
         raise ValueError(f"{Path(settings['out']) / CHECKPOINT} was trained with tokenizer "
                          f"{state['tokenizer_sha256'][:12]}…, but {settings['data']} holds shards of tokenizer "
                          f"{ds.tokenizer_sha256[:12]}…")
-    if ds.plan is not None and settings["packing"] != "best-fit":
+    if ds.plan is not None and settings["packing"] == "windows":
         raise ValueError(f"{settings['data']} is a `tokshard mix` plan: its rows are packed; drop --packing windows")
     if not ds.complete:
         say(f"warning: {ds.out_dir}/manifest.json says the encode run was incomplete; training on what is there")
@@ -332,7 +332,8 @@ def _batches(settings: dict[str, Any], ds: Dataset, ranks: Dist) -> tuple[Callab
             f"{stream.n_windows:,} train windows ({stream.n_windows * seq_len:,} tokens/epoch)")
     rows = settings["steps"] * settings["grad_accum"] * batch_size * ranks.world
     plan = ds.plan or open_plan(ds.out_dir, seq_len=seq_len, tokens=rows * seq_len, seed=settings["seed"],
-                                max_epochs=math.inf)  # like windows, a run's data repeats as long as training lasts
+                                max_epochs=math.inf,  # like windows, a run's data repeats as long as training lasts
+                                split_long=settings["packing"] == "best-fit-split")
     if plan.data["seq_len"] != seq_len:
         raise ValueError(f"{settings['data']} is planned for seq_len {plan.data['seq_len']}; the model's is {seq_len}")
     if plan.rows < rows:

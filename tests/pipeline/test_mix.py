@@ -198,3 +198,20 @@ def test_cli_writes_a_plan_and_reports_it(runs, tmp_path):
     assert on_disk["sources"] == summary["sources"]
     text = run_tokshard("mix", str(runs["web"]), "--seq-len", str(SEQ), "--out", str(tmp_path / "one")).stdout
     assert "planned" in text and "nanochat crop" in text
+
+
+def test_split_long_documents_are_placed_whole_in_row_sized_pieces(runs):
+    specs = [mix.SourceSpec("books", str(runs["books"]), 1)]
+    crop, _ = mix.build_plan(specs, 40_000, SEQ, seed=0)
+    plan, packed = mix.build_plan(specs, 40_000, SEQ, seed=0, split_long=True)
+    assert plan["long_documents"] == "split" and crop["long_documents"] == "crop"
+    w, c = plan["waste"]["best_fit"], crop["waste"]["best_fit"]
+    assert w["cropped_long_documents"] == 0 and c["cropped_long_documents"] > 0
+    assert w["waste"] < 0.05 < c["waste"], (w, c)
+    assert 0 < w["rows_starting_at_bos"] < 1 and c["rows_starting_at_bos"] == 1
+    # the pieces of one document are disjoint ranges of it
+    seen: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for _src, shard, start, length in packed.segments.tolist():
+        seen.setdefault((shard, start), []).append(length)
+    assert all(len(v) == 1 for v in seen.values()), "no range is placed twice within one pass"
+    assert int(packed.segments["length"].max()) <= SEQ + 1

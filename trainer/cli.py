@@ -83,7 +83,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("sample", help="generate text from a trained checkpoint")
     p.set_defaults(func=cmd_sample)
     p.add_argument("--checkpoint", required=True, help="RUNDIR/model.pt (or checkpoint.pt)")
-    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--prompt", default="", help="text to continue (default: %(default)r, a new document)")
     p.add_argument("--max-tokens", type=int, default=100, help="default: %(default)s")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-k", type=int, default=50, help="0 = no top-k cut (default: %(default)s)")

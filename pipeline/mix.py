@@ -48,7 +48,11 @@ SEGMENTS_NPY = "segments.npy"
 ROWS_NPY = "rows.npy"
 DEFAULT_SEQ_LEN = 1024
 DEFAULT_MAX_EPOCHS = 4.0  # repeating data up to ~4 epochs costs little (Muennighoff et al. 2023); beyond, say so
-PACK_BUFFER = 1024  # documents the best-fit packer chooses among
+# Documents per source the best-fit packer chooses among. Best fit takes long documents first, so short ones wait
+# in the buffer: a large buffer holds back a share of the short documents for as long as it takes to fill it (on
+# ../shared/corpus at seq 128, 1,024 halved their tokens in the first 4,800 rows, 4.4% vs 9.3%), while 64 wastes
+# only 0.03 points more (0.79% vs 0.76%).
+PACK_BUFFER = 64
 SEGMENT_DTYPE = np.dtype([("source", "<u2"), ("shard", "<u4"), ("start", "<i8"), ("length", "<u4")])
 
 

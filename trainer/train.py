@@ -369,6 +369,8 @@ def setup(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] | 
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     ds = _open_data(settings, state, say)
+    if ds.plan is not None and settings["seq_len"] is None:  # a plan fixes the row length: the model follows it
+        settings["seq_len"] = int(ds.plan.data["seq_len"])
     model, model_cfg, optimizers = _build_model(settings, state, ds.vocab_size, device)
     settings["name"] = settings["name"] or out.resolve().name
     start_step, position = (int(state["step"]), int(state["data_position"])) if state else (0, 0)

@@ -350,7 +350,11 @@ def _loss_fn(train_model: torch.nn.Module, is_cuda: bool,
     def forward_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16) if is_cuda else contextlib.nullcontext():
             logits = train_model(batch["input_ids"], batch.get("position_ids"))
-        return F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        # Summed over the targets and divided by all positions, padding included: a mean over each rank's own
+        # count of real targets would weigh rows differently at another world size (DDP averages ranks' means).
+        labels = batch["labels"]
+        nats = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return nats / labels.numel()
 
     # Compiling the loss with the model fuses the soft cap, log-softmax and gather over the [B, T, vocab] logits.
     return torch.compile(forward_loss) if use_compile else forward_loss

@@ -215,3 +215,11 @@ def test_split_long_documents_are_placed_whole_in_row_sized_pieces(runs):
         seen.setdefault((shard, start), []).append(length)
     assert all(len(v) == 1 for v in seen.values()), "no range is placed twice within one pass"
     assert int(packed.segments["length"].max()) <= SEQ + 1
+
+
+def test_an_empty_source_is_refused(tmp_path, small_tokenizer_dir, ray_cluster):
+    src = write_parquet(tmp_path / "x.parquet", sample_texts(3))
+    jobs.encode(str(src), small_tokenizer_dir, tmp_path / "run", val_fraction=0.999, show_progress=False)
+    assert Manifest.read(tmp_path / "run").totals()["train"]["documents"] == 0  # every document drew val
+    proc = run_tokshard("mix", f"empty={tmp_path / 'run'}", "--out", str(tmp_path / "plan"), check=False)
+    assert proc.returncode == 2 and "source empty" in proc.stderr and "has no train documents" in proc.stderr

@@ -11,6 +11,7 @@ A tokenizer directory holds:
     tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
     tokshard.json      metadata: vocab size, pattern, special tokens, sha256 of tokenizer.json, training record
     token_bytes.npy    int32[vocab_size]: UTF-8 byte length of each id, 0 for special tokens
+    tokenizer_config.json, special_tokens_map.json   for transformers' AutoTokenizer (pipeline/hf_folder.py)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import atomic, hf_folder
 
 # Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {
@@ -522,7 +523,8 @@ class Tokenizer:
                    metadata=dict(metadata or {}))
 
     def save(self, directory: str | os.PathLike[str], training: dict[str, Any] | None = None) -> Path:
-        """Write tokenizer.json, token_bytes.npy and tokshard.json (in that order, each atomically)."""
+        """Write tokenizer.json, token_bytes.npy, the transformers files and tokshard.json (in that order, each
+        atomically)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
@@ -530,6 +532,7 @@ class Tokenizer:
         atomic.write_bytes(d / TOKENIZER_JSON, json.dumps(spec, ensure_ascii=False).encode())
         with atomic.atomic_open(d / TOKEN_BYTES_NPY) as f:
             np.save(f, self.token_bytes)
+        hf_folder.write_hf_files(d, self.special_tokens, BOS)
         self.metadata = {
             "format": METADATA_FORMAT,
             "vocab_size": self.vocab_size,

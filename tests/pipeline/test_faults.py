@@ -59,6 +59,7 @@ def _encode_cmd(big_source, tok_dir, out, *extra: str) -> list[str]:
             "--out", str(out), "--slice-mb", str(SLICE_MB), "--no-progress", "--json", *extra]
 
 
+@pytest.mark.slow
 def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokenizer_dir, reference, tmp_path):
     cluster = LocalCluster(head_cpus=1)
     try:
@@ -86,6 +87,7 @@ def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokeni
         cluster.stop()
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, reference, tmp_path, ray_cluster):
     out = tmp_path / "out"
     ray_tmp = tempfile.mkdtemp(prefix="rd-", dir="/tmp")

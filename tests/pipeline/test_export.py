@@ -239,6 +239,7 @@ def test_megatron_from_a_run_holds_every_document_in_manifest_order(out_dir, tmp
         export(out_dir, tmp_path / "meg", "megatron")
 
 
+@pytest.mark.slow
 def test_a_plan_exports_its_rows_in_order_to_megatron_and_nanogpt(out_dir, plan_dir, tmp_path):
     docs = _plan_documents(plan_dir)
     run_tokshard("export", "--format", "megatron", str(plan_dir), str(tmp_path / "meg"))

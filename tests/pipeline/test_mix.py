@@ -163,6 +163,7 @@ def test_source_arguments():
             mix.parse_source(bad)
 
 
+@pytest.mark.slow
 def test_bad_input_from_the_command_line_exits_2(runs, tmp_path, small_tokenizer_dir):
     cases = [
         ([f"web={runs['web']}:0"], "weight 0 must be above 0"),
@@ -177,6 +178,7 @@ def test_bad_input_from_the_command_line_exits_2(runs, tmp_path, small_tokenizer
     assert not (tmp_path / "plan").exists()
 
 
+@pytest.mark.slow
 def test_sources_with_different_tokenizers_are_refused_naming_both(runs, tmp_path, ray_cluster):
     other_tok = tmp_path / "tok"
     jobs.train_tokenizer(None, other_tok, vocab_size=600, sample_bytes=300_000)
@@ -188,6 +190,7 @@ def test_sources_with_different_tokenizers_are_refused_naming_both(runs, tmp_pat
     assert "sources web" in proc.stderr and "and other" in proc.stderr and "different tokenizers" in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_writes_a_plan_and_reports_it(runs, tmp_path):
     proc = run_tokshard("mix", f"web={runs['web']}:3", f"books={runs['books']}:1", "--tokens", "50000", "--seq-len",
                         str(SEQ), "--seed", "3", "--out", str(tmp_path / "plan"), "--json")

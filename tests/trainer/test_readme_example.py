@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import REPO
@@ -19,6 +20,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_example_trains_and_saves_a_resumable_state(sample_run, tmp_path):
     code = readme_example()
     assert 12 <= len([line for line in code.splitlines() if line.strip()]) <= 20, "a short example"

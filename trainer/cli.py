@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from tokshard.trainer.defaults import DEFAULTS, PACKINGS, PRESET_DEFAULTS, PRESETS
+from tokshard.trainer.defaults import DEFAULTS, PACKINGS, PRESET_DEFAULTS, PRESETS, SAMPLE_DEFAULTS
 
 S = argparse.SUPPRESS  # a flag not given stays absent: a resumed run then keeps the value it started with
 
@@ -84,12 +84,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_sample)
     p.add_argument("--checkpoint", required=True, help="RUNDIR/model.pt (or checkpoint.pt)")
     p.add_argument("--prompt", default="", help="text to continue (default: %(default)r, a new document)")
-    p.add_argument("--max-tokens", type=int, default=100, help="default: %(default)s")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=50, help="0 = no top-k cut (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--max-tokens", type=int, default=SAMPLE_DEFAULTS["max_new_tokens"], help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=SAMPLE_DEFAULTS["temperature"], help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=SAMPLE_DEFAULTS["top_k"], help="0 = no top-k cut")
+    p.add_argument("--seed", type=int, default=SAMPLE_DEFAULTS["seed"], help="sampling seed")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the checkpoint)")
-    p.add_argument("--device", default="cpu", help="default: %(default)s")
+    p.add_argument("--device", default=SAMPLE_DEFAULTS["device"], help="cpu or cuda")
     p.add_argument("--json", action="store_true")
 
 

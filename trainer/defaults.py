@@ -34,3 +34,6 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     # GPUs multiplies it by N unless --grad-accum is lowered.
     "gpt2-small": {"steps": 5000, "batch_size": 32, "grad_accum": 16, "eval_every": 250},
 }
+
+# `tokshard sample` / `trainer.sample.sample`: generation settings
+SAMPLE_DEFAULTS: dict[str, Any] = {"max_new_tokens": 100, "temperature": 0.8, "top_k": 50, "seed": 0, "device": "cpu"}

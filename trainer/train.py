@@ -381,7 +381,7 @@ def setup(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] | 
     del state
     if ranks.main:
         out.mkdir(parents=True, exist_ok=True)
-        from tokshard.pipeline.jobs import copy_tokenizer  # not at the top: the jobs module imports Ray
+        from tokshard.pipeline.tokenizer import copy_tokenizer
 
         copy_tokenizer(ds.tokenizer_dir, out / TOKENIZER)
         atomic.write_json(out / CONFIG_JSON, {"train": settings, "model": model_cfg.to_dict(),

@@ -93,8 +93,9 @@ def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, refer
     ray_tmp = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
     # --workers 1: slow enough that the driver dies with slices both finished and unfinished.
-    driver = subprocess.Popen(_encode_cmd(big_source, small_tokenizer_dir, out, "--workers", "1"), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = _encode_cmd(big_source, small_tokenizer_dir, out, "--workers", "1", "--no-in-process")  # Ray's driver
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         wait_for(lambda: len(list((out / "slices").glob("*.json"))) >= 3, 180, "three finished slices")
     finally:

@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tokshard.trainer.defaults import H100_BF16_PEAK_FLOPS
 from tokshard.trainer.model import GPTConfig, count_params
-from tokshard.trainer.train import H100_BF16_PEAK_FLOPS, TrainConfig, train
+from tokshard.trainer.train import TrainConfig, train
 
 
 def main() -> None:
@@ -96,13 +97,18 @@ def main() -> None:
 
 
 def loader_rate(args: argparse.Namespace) -> None:
-    """Batches per second the background loader delivers when nothing else runs (its ceiling)."""
-    from tokshard.trainer.data import BatchLoader, WindowStream, open_dataset
+    """Batches per second the background loader delivers when nothing else runs (its ceiling): packed rows, as the
+    trainer reads them by default."""
+    import math
+
+    from tokshard.data import PackedRows, open_plan
+    from tokshard.trainer.data import BatchLoader, open_dataset
 
     ds = open_dataset(args.data)
     seq_len = args.seq_len or GPTConfig.preset(args.preset, ds.vocab_size).seq_len
     batch = args.batch_size or 32
-    loader = BatchLoader(WindowStream(ds.train, seq_len, seed=0), batch, prefetch=4)
+    plan = ds.plan or open_plan(ds.out_dir, seq_len=seq_len, tokens=2000 * batch * seq_len, max_epochs=math.inf)
+    loader = BatchLoader(PackedRows(plan, batch_size=batch).batch, batch, prefetch=4)
     for _ in range(5):
         loader.next()
     n, t0 = 0, time.perf_counter()

@@ -1,4 +1,4 @@
-"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job), inspect, export and
+"""The `tokshard` command line: train-tokenizer, encode, run (both, the main job), inspect, mix, export and
 eval-tokenizer.
 
 Other rooms add their own subcommands (`serve` from service/, `train` and `sample` from trainer/) through the
@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import balance, eval_report, evaluate, export, jobs, sources
+from tokshard.pipeline import balance, eval_report, evaluate, export, jobs, mix, sources
 from tokshard.pipeline.manifest import MANIFEST, Manifest
 from tokshard.pipeline.tokenizer import (
     DEFAULT_PATTERN,
@@ -142,13 +142,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_inspect))
 
-    p = sub.add_parser("export", help="write the shards of OUTDIR in another trainer's format")
-    p.add_argument("--format", required=True, choices=["nanogpt"],
-                   help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens)")
-    p.add_argument("outdir", help="a complete `tokshard encode` output directory")
+    p = sub.add_parser("mix", help="plan token-exact mixtures of runs: shuffled, best-fit packed rows")
+    p.add_argument("sources", nargs="+", metavar="NAME=RUN:WEIGHT",
+                   help="a finished `tokshard encode` run (local or fsspec URL), its name and weight (default 1); "
+                   "weights are shares of tokens, not documents")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens to plan (rows x seq-len; default: one "
+                   "pass over the sources' documents)")
+    p.add_argument("--seq-len", type=int, default=mix.DEFAULT_SEQ_LEN, help="context length; rows hold seq-len + 1 "
+                   "tokens")
+    p.add_argument("--seed", type=int, default=0, help="document shuffle")
+    p.add_argument("--max-epochs", type=float, default=mix.DEFAULT_MAX_EPOCHS, help="refuse a plan that repeats a "
+                   "source more often")
+    p.add_argument("--split-long-docs", action="store_true", help="cut documents longer than a row into row-sized "
+                   "pieces, each masked as its own document, instead of keeping only their first row (far less waste "
+                   "on long documents; rows may then start mid-document)")
+    p.add_argument("--out", required=True, help="plan directory (plan.json, segments.npy, rows.npy)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_json_only_on_stdout(cmd_mix))
+
+    p = sub.add_parser("export", help="write the shards of a run, or the rows of a plan, in another trainer's format")
+    p.add_argument("--format", required=True, choices=export.FORMATS,
+                   help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens); megatron: "
+                   "Megatron-LM's indexed dataset (train/val .bin + .idx)")
+    p.add_argument("outdir", help="a complete `tokshard encode` output directory, or a `tokshard mix` plan")
     p.add_argument("dest", help="directory to write (must not already hold exported files)")
     p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE,
-                   help="tokens per exported file")
+                   help="nanogpt: tokens per exported file at most")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
 
@@ -191,8 +210,17 @@ def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     _add_ray(p)
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    specs = [mix.parse_source(a) for a in args.sources]
+    plan, packed = mix.build_plan(specs, args.tokens, args.seq_len, args.seed, args.max_epochs,
+                                  split_long=args.split_long_docs)
+    mix.write_plan(args.out, plan, packed)
+    _print(args, {**plan, "out": str(args.out)}, [mix.describe(plan) + f" -> {args.out}"])
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    summary = export.export_nanogpt(args.outdir, args.dest, tokens_per_file=args.tokens_per_file)
+    summary = export.export(args.outdir, args.dest, args.format, tokens_per_file=args.tokens_per_file)
     _print(args, summary, [export.describe(summary)])
     return 0
 

@@ -1,6 +1,19 @@
-"""Export a tokshard output directory to the token files modded-nanogpt and llm.c train from.
+"""Export a tokshard run or `tokshard mix` plan to the token files other trainers read: nanoGPT / llm.c `.bin` files
+and Megatron-LM's indexed dataset (`.bin` + `.idx`).
 
-Their format ("nanogpt" here) is a flat binary file: a header of 256 little-endian int32 -- magic 20240520,
+From a run, the documents go out in manifest order; from a plan, train is the plan's rows in order (each row's
+segments as documents, padding left out: the trainers pack their own sequences) and val is every source's val
+split, so a mixture's token shares, repetition and shuffle reach those trainers. Megatron's GPTDataset shuffles
+documents again with its own seed; nanoGPT-style loaders read the files in order.
+
+Megatron ("megatron"): `DEST/{train,val}.bin` holds the documents' token ids back to back (uint16, or int32 for a
+vocabulary above 65,536), `DEST/{train,val}.idx` the index Megatron-LM's `IndexedDataset` reads, as its definition
+states: the 9-byte magic `MMIDIDX\x00\x00`, version 1 (u64), the dtype code (u8: 8 uint16, 4 int32), the number
+of sequences and of document-index entries (u64 each), then every sequence's length (int32), its byte offset in
+the `.bin` (int64) and the document index (int64, here [0, 1, ..., n]: one sequence per document). Pass
+`--data-path DEST/train` to Megatron.
+
+nanoGPT ("nanogpt"): a flat binary file, a header of 256 little-endian int32 -- magic 20240520,
 version 1, the token count -- followed by that many uint16 token ids. The files of one corpus are named
 `fineweb_val_000000.bin`, then `fineweb_train_000001.bin`, `fineweb_train_000002.bin`, ...: one counter runs
 across both splits, validation first, as in modded-nanogpt's and llm.c's `fineweb.py` (there the first file of
@@ -15,20 +28,21 @@ whole file is cut, into file-sized pieces starting in a fresh file. Files theref
 file, so the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and
 `<|endoftext|>` id; `export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
 
-Memory stays bounded whatever the corpus size: shards are memory-mapped one at a time and their token ranges
-are written straight from the map; only one shard's document offsets are held.
+Memory stays bounded whatever the corpus size: shards are memory-mapped and their token ranges written straight
+from the map; only one shard's document offsets are held (plus, for megatron, one int32 length per document).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import atomic, mix
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 
@@ -39,6 +53,10 @@ DEFAULT_TOKENS_PER_FILE = 100_000_000
 FILE_PREFIX = "fineweb"
 EXPORT_JSON = "export.json"
 SPLITS = ("val", "train")  # file order: validation first
+FORMATS = ("nanogpt", "megatron")
+MEGATRON_MAGIC = b"MMIDIDX\x00\x00"
+MEGATRON_VERSION = 1
+MEGATRON_DTYPE_CODES = {"uint16": 8, "int32": 4}  # Megatron-LM's DType enum values
 
 
 @dataclass(frozen=True)
@@ -90,20 +108,21 @@ def nanogpt_header(n_tokens: int) -> bytes:
     return header.tobytes()
 
 
-def _check_source(out: Path) -> Manifest:
-    """The manifest of a complete, verified, uint16 run in `out`; otherwise a ValueError saying what to do."""
+def _check_run(out: str, fmt: str) -> Manifest:
+    """The manifest of a complete, verified run in `out` (uint16 for nanogpt); otherwise a ValueError saying what
+    to do."""
     manifest = Manifest.read(out)  # FileNotFoundError / ValueError with the path
-    path = out / "manifest.json"
+    path = mix.join(out, "manifest.json")
     if not manifest.data.get("complete", False):
         errors = manifest.data.get("errors") or []
         first = f"; first: {errors[0]}" if errors else ""
         raise ValueError(f"{path} describes an incomplete run ({len(errors)} error(s){first}). Fix the input and "
                          f"re-run `tokshard encode` into {out} (it resumes) before exporting")
     tok = manifest.tokenizer
-    if tok.get("dtype") != "uint16":
+    if fmt == "nanogpt" and tok.get("dtype") != "uint16":
         raise ValueError(f"{out} holds {tok.get('dtype')} token ids (vocabulary of {tok.get('vocab_size'):,}); the "
                          "nanogpt/llm.c format stores uint16 ids only, so it needs a vocabulary of at most 65,536 "
-                         "tokens (train one with --vocab-size 65536 or less)")
+                         "tokens (train one with --vocab-size 65536 or less), or use --format megatron")
     problems = manifest.verify(out)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
@@ -112,95 +131,206 @@ def _check_source(out: Path) -> Manifest:
     return manifest
 
 
-def _check_dest(dest: Path) -> None:
+@dataclass
+class SplitStream:
+    """What one split exports: `documents()` yields (shard path, document offsets) in export order."""
+
+    documents: Callable[[], Iterator[tuple[str, np.ndarray]]]
+    tokens: int
+    count: int
+
+
+def _shard_stream(run: str, records: list[dict[str, Any]]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
+    def gen() -> Iterator[tuple[str, np.ndarray]]:
+        for rec in records:
+            with ShardReader(mix.join(run, rec["path"])) as reader:
+                offsets = np.array(reader.offsets)  # a copy: the map is closed before the caller uses it
+            yield mix.join(run, rec["path"]), offsets
+    return gen
+
+
+def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any]]:
+    """Per split what to export, and the tokenizer record: a run's shards in manifest order, or a plan's rows
+    (its segments in row order, padding left out) for train and every source's val split for val."""
+    if mix.is_plan(source):
+        plan = mix.read_plan(source)
+        problems = mix.check_sources(plan.data)
+        if problems:
+            raise ValueError(f"{source}: the runs changed since the plan was made: {'; '.join(problems[:3])}. "
+                             "Rebuild the plan with `tokshard mix`")
+        manifests = [_check_run(src["run"], fmt) for src in plan.data["sources"]]
+        paths = [[mix.join(src["run"], sh["path"]) for sh in src["shards"]] for src in plan.data["sources"]]
+
+        def segments() -> Iterator[tuple[str, np.ndarray]]:
+            for src, shard, start, length in plan.segments.tolist():
+                yield paths[src][shard], np.array([start, start + length])
+
+        val = [(src["run"], r) for src, m in zip(plan.data["sources"], manifests, strict=True)
+               for r in m.shards if r["split"] == "val"]
+
+        def val_docs() -> Iterator[tuple[str, np.ndarray]]:
+            for run, rec in val:
+                yield from _shard_stream(run, [rec])()
+
+        streams = {"val": SplitStream(val_docs, sum(r["tokens"] for _, r in val), sum(r["documents"] for _, r in val)),
+                   "train": SplitStream(segments, int(plan.segments["length"].sum()), len(plan.segments))}
+        return streams, manifests[0].tokenizer
+    manifest = _check_run(source, fmt)
+    streams = {}
+    for split in SPLITS:
+        records = [r for r in manifest.shards if r["split"] == split]
+        streams[split] = SplitStream(_shard_stream(source, records), sum(r["tokens"] for r in records),
+                                     sum(r["documents"] for r in records))
+    return streams, manifest.tokenizer
+
+
+def _check_dest(dest: Path, pattern: str) -> None:
     if dest.exists() and not dest.is_dir():
         raise ValueError(f"export destination {dest} exists and is not a directory")
-    old = sorted(dest.glob(f"{FILE_PREFIX}_*.bin")) if dest.is_dir() else []
+    old = sorted(dest.glob(pattern)) if dest.is_dir() else []
     if old:
         # Left in place, files of an earlier export would be globbed together with the new ones.
         raise ValueError(f"{dest} already holds {len(old)} exported file(s) (e.g. {old[0].name}); choose an empty "
                          "directory or delete them first")
 
 
-def _offsets_of(out: Path, records: list[dict[str, Any]]) -> Iterator[tuple[str, np.ndarray]]:
-    for rec in records:
-        with ShardReader(out / rec["path"]) as reader:
-            offsets = np.array(reader.offsets)  # a copy: the map is closed before the caller uses it
-        yield rec["path"], offsets
+class _Readers:
+    """Shards opened once per export (a plan's rows jump between shards), closed together at the end."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, ShardReader] = {}
+
+    def tokens(self, path: str) -> np.ndarray:
+        if path not in self._open:
+            self._open[path] = ShardReader(path)
+        return self._open[path].tokens
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
 
 
-def _write_file(out: Path, path: Path, pieces: list[Piece]) -> int:
+def _write_file(readers: _Readers, path: Path, pieces: list[Piece]) -> int:
     n_tokens = sum(p.end - p.start for p in pieces)
     with atomic.atomic_open(path, "wb") as f:
         f.write(nanogpt_header(n_tokens))
-        for shard, group in _by_shard(pieces):
-            with ShardReader(out / shard) as reader:
-                for p in group:
-                    # '<u2' is a no-op view on little-endian machines, a byte swap elsewhere.
-                    f.write(memoryview(np.ascontiguousarray(reader.tokens[p.start : p.end], dtype="<u2")))
+        for p in pieces:
+            # '<u2' is a no-op view on little-endian machines, a byte swap elsewhere.
+            f.write(memoryview(np.ascontiguousarray(readers.tokens(p.shard)[p.start : p.end], dtype="<u2")))
     return n_tokens
 
 
-def _by_shard(pieces: list[Piece]) -> Iterator[tuple[str, list[Piece]]]:
-    group: list[Piece] = []
-    for p in pieces:
-        if group and p.shard != group[0].shard:
-            yield group[0].shard, group
-            group = []
-        group.append(p)
-    if group:
-        yield group[0].shard, group
+def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
+           tokens_per_file: int = DEFAULT_TOKENS_PER_FILE) -> dict[str, Any]:
+    """Export a complete `tokshard encode` run (its shards in manifest order) or a `tokshard mix` plan (its rows in
+    order for train, every source's val split for val) as `fmt` ("nanogpt" or "megatron") into `dest`.
+
+    Refuses (ValueError) a run that is incomplete, fails verification, or (nanogpt) has uint32 ids; a plan whose
+    runs changed; a `dest` that already holds exported files. Each file is written atomically; `dest/export.json`
+    (written last) records the files, their token counts and the tokenizer a trainer must be set up with.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "nanogpt" and not 1 <= tokens_per_file < 2**31:
+        raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
+                         f"got {tokens_per_file:,}")
+    source, dest = str(source), Path(dest)
+    streams, tok = _split_streams(source, fmt)
+    _check_dest(dest, f"{FILE_PREFIX}_*.bin" if fmt == "nanogpt" else "*.idx")
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic.remove_stale_temporaries(dest)  # what a crashed earlier export left
+    readers = _Readers()
+    try:
+        if fmt == "nanogpt":
+            files, splits = _export_nanogpt(streams, dest, readers, tokens_per_file)
+            extra: dict[str, Any] = {"tokens_per_file": tokens_per_file, "header": {
+                "magic": NANOGPT_MAGIC, "version": NANOGPT_VERSION, "ints": HEADER_INTS, "dtype": "uint16"}}
+        else:
+            files, splits = _export_megatron(streams, dest, readers, np.dtype(tok["dtype"]))
+            extra = {"data_prefix": {split: str(dest / split) for split in splits}}
+    finally:
+        readers.close()
+    summary = {"format": fmt, "dest": str(dest), "source": source, **extra,
+               "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
+               "splits": splits, "files": files}
+    atomic.write_json(dest / EXPORT_JSON, summary)
+    return summary
 
 
 def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
                    tokens_per_file: int = DEFAULT_TOKENS_PER_FILE) -> dict[str, Any]:
-    """Write `dest/fineweb_{val,train}_NNNNNN.bin` from the shards of a complete `tokshard encode` run.
+    """`export(..., "nanogpt")`: `dest/fineweb_{val,train}_NNNNNN.bin` from a run or a plan."""
+    return export(shard_dir, dest, "nanogpt", tokens_per_file=tokens_per_file)
 
-    Refuses (ValueError) a run that is incomplete, fails verification or has uint32 ids, a `dest` that already
-    holds exported files, and a `tokens_per_file` the int32 header cannot count; FileNotFoundError when
-    `shard_dir` has no manifest. Each file is written atomically; `dest/export.json` (written last) records
-    the files, their token counts and the tokenizer (vocab size, `<|bos|>` id) a trainer must be set up with.
-    """
-    if not 1 <= tokens_per_file < 2**31:
-        raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
-                         f"got {tokens_per_file:,}")
-    out, dest = Path(shard_dir), Path(dest)
-    manifest = _check_source(out)
-    _check_dest(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(dest)  # what a crashed earlier export left
 
+def _export_nanogpt(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+                    tokens_per_file: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     files: list[dict[str, Any]] = []
     splits: dict[str, dict[str, int]] = {}
     for split in SPLITS:
-        records = [r for r in manifest.shards if r["split"] == split]
+        stream = streams[split]
         written = 0
-        for pieces in plan_files(_offsets_of(out, records), tokens_per_file):
+        for pieces in plan_files(stream.documents(), tokens_per_file):
             name = f"{FILE_PREFIX}_{split}_{len(files):06d}.bin"
-            n = _write_file(out, dest / name, pieces)
+            n = _write_file(readers, dest / name, pieces)
             files.append({"name": name, "split": split, "tokens": n})
             written += n
-        expected = sum(r["tokens"] for r in records)
-        if written != expected:  # the plan covers every token exactly once; this guards that promise
-            raise RuntimeError(f"exported {written:,} {split} tokens from {out}, the manifest lists {expected:,}")
+        _check_written(split, written, stream.tokens)
         splits[split] = {"files": sum(f["split"] == split for f in files), "tokens": written,
-                         "documents": sum(r["documents"] for r in records)}
+                         "documents": stream.count}
+    return files, splits
 
-    tok = manifest.tokenizer
-    summary = {
-        "format": "nanogpt", "dest": str(dest), "source": str(out), "tokens_per_file": tokens_per_file,
-        "header": {"magic": NANOGPT_MAGIC, "version": NANOGPT_VERSION, "ints": HEADER_INTS, "dtype": "uint16"},
-        "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
-        "splits": splits, "files": files,
-    }
-    atomic.write_json(dest / EXPORT_JSON, summary)
-    return summary
+
+def _check_written(split: str, written: int, expected: int) -> None:
+    if written != expected:  # the export covers every token exactly once; this guards that promise
+        raise RuntimeError(f"exported {written:,} {split} tokens, the source lists {expected:,}")
+
+
+def megatron_index(sizes: np.ndarray, dtype: np.dtype) -> bytes:
+    """Megatron-LM's indexed-dataset `.idx` for sequences of `sizes` tokens, one document each: the magic, version
+    1 (u64), the dtype code (u8), the sequence count and the document-index count (u64), then the sizes (int32),
+    each sequence's byte offset in the `.bin` (int64) and the document index [0, 1, ..., n] (int64), all
+    little-endian."""
+    sizes = np.asarray(sizes, dtype="<i4")
+    pointers = np.zeros(len(sizes), dtype="<i8")
+    np.cumsum(sizes[:-1].astype(np.int64) * dtype.itemsize, out=pointers[1:])
+    doc_index = np.arange(len(sizes) + 1, dtype="<i8")
+    head = MEGATRON_MAGIC + struct.pack("<QB", MEGATRON_VERSION, MEGATRON_DTYPE_CODES[dtype.name])
+    return head + struct.pack("<QQ", len(sizes), len(doc_index)) + sizes.tobytes() + pointers.tobytes() + \
+        doc_index.tobytes()
+
+
+def _export_megatron(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+                     shard_dtype: np.dtype) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    # Megatron reads uint16 when the vocabulary fits, int32 otherwise (ids above 2**31 do not occur).
+    dtype = np.dtype("<u2") if shard_dtype == np.uint16 else np.dtype("<i4")
+    files: list[dict[str, Any]] = []
+    splits: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        stream = streams[split]
+        if stream.count == 0:
+            continue
+        sizes: list[int] = []
+        with atomic.atomic_open(dest / f"{split}.bin", "wb") as f:
+            for path, offsets in stream.documents():
+                tokens = readers.tokens(path)
+                for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+                    f.write(memoryview(np.ascontiguousarray(tokens[a:b], dtype=dtype)))
+                    sizes.append(b - a)
+        atomic.write_bytes(dest / f"{split}.idx", megatron_index(np.array(sizes, dtype=np.int64), dtype))
+        written = int(sum(sizes))
+        _check_written(split, written, stream.tokens)
+        files += [{"name": f"{split}.bin", "split": split, "tokens": written},
+                  {"name": f"{split}.idx", "split": split, "documents": len(sizes)}]
+        splits[split] = {"files": 2, "tokens": written, "documents": len(sizes)}
+    return files, splits
 
 
 def describe(summary: dict[str, Any]) -> str:
     """A few human-readable lines about an export (for the CLI)."""
     lines = [f"exported {sum(s['tokens'] for s in summary['splits'].values()):,} tokens into "
-             f"{len(summary['files'])} nanogpt files -> {summary['dest']}"]
+             f"{len(summary['files'])} {summary['format']} files -> {summary['dest']}"]
     for split, s in summary["splits"].items():
         lines.append(f"  {split}: {s['documents']:,} docs, {s['tokens']:,} tokens, {s['files']} file(s)")
     t = summary["tokenizer"]

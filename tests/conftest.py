@@ -88,6 +88,16 @@ def small_tokenizer(small_tokenizer_dir) -> Tokenizer:
     return Tokenizer.load(small_tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory, ray_cluster, small_tokenizer_dir) -> Path:
+    """The bundled sample encoded with the small tokenizer by the real Ray job (default split): a finished run."""
+    from tokshard.pipeline import jobs
+
+    out = tmp_path_factory.mktemp("sample-run") / "out"
+    jobs.encode(None, small_tokenizer_dir, out, show_progress=False)
+    return out
+
+
 @pytest.fixture()
 def one_torch_thread():
     """Toy models on a shared 2-core machine: a second intra-op thread mostly waits for the first, and under

@@ -3,7 +3,8 @@
 This package is the one import name the project installs. Its rooms keep their own folders in the repository and
 are installed beneath it: `tokshard.pipeline` (the core: tokenizer, shards, sources, Ray jobs, CLI),
 `tokshard.service` (the HTTP API) and `tokshard.trainer` (the PyTorch GPT trainer). The names below are the small
-public API most users need; everything else lives in the room that owns it.
+public API most users need; `tokshard.data` (packed training rows for any PyTorch trainer) is imported on its own,
+since it needs torch and this package must not; everything else lives in the room that owns it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokshard.trainer.model import position_ids_from_bos
+
 LN2 = math.log(2.0)
 
 
@@ -64,13 +66,16 @@ def _model_config(model: torch.nn.Module):
 
 @torch.inference_mode()
 def _score_rows(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor,
-                token_bytes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row (nats, bytes, tokens) of one padded batch; `scored` masks the targets that count."""
+                token_bytes: torch.Tensor, bos_id: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row (nats, bytes, tokens) of one padded batch; `scored` masks the targets that count. With `bos_id`,
+    attention is masked per document (each `<|bos|>` starts one), as a model trained on packed rows expects."""
+    position_ids = None if bos_id is None else position_ids_from_bos(inputs, bos_id)
     if inputs.device.type == "cuda":
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(inputs)
+            logits = model(inputs, position_ids)
     else:
-        logits = model(inputs)
+        logits = model(inputs, position_ids)
     nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
     nbytes = token_bytes[targets]
     mask = scored & (nbytes > 0)
@@ -139,9 +144,10 @@ def score_sequences(
 
 
 def score_windows(model: torch.nn.Module, windows: np.ndarray, token_bytes: np.ndarray, device: str = "cpu",
-                  batch_size: int = 16, lengths: np.ndarray | None = None) -> Score:
+                  batch_size: int = 16, lengths: np.ndarray | None = None, bos_id: int | None = None) -> Score:
     """Total Score of fixed windows [N, L+1] (token i+1 is the target of token i, all targets scored), the
-    trainer's validation set. `lengths` (optional) gives each row's real length when rows are right-padded."""
+    trainer's validation set. `lengths` (optional) gives each row's real length when rows are right-padded;
+    `bos_id` (optional) masks attention per document inside each window."""
     _check_vocab(model, token_bytes)
     tb = torch.as_tensor(np.asarray(token_bytes, dtype=np.int64), device=device)
     total = Score(0.0, 0, 0)
@@ -152,6 +158,6 @@ def score_windows(model: torch.nn.Module, windows: np.ndarray, token_bytes: np.n
         if lengths is not None:
             n = torch.as_tensor(lengths[lo : lo + batch_size], device=device)
             scored = torch.arange(width, device=device)[None, :] < (n[:, None] - 1)
-        n_, b_, t_ = _score_rows(model, w[:, :-1], w[:, 1:], scored, tb)
+        n_, b_, t_ = _score_rows(model, w[:, :-1], w[:, 1:], scored, tb, bos_id)
         total = total + Score(float(n_.sum()), int(b_.sum()), int(t_.sum()))
     return total

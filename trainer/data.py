@@ -1,5 +1,10 @@
-"""Training data: fixed-length windows streamed from the token shards of `tokshard encode`, and the fixed
-validation windows.
+"""Training data: batches of packed rows (`tokshard.data`, the default) or of fixed-length windows streamed from
+the token shards of `tokshard encode`, and the fixed validation windows.
+
+`--data` is a run or a `tokshard mix` plan. Packed rows ("best-fit") come from the plan, or from a plan of the
+run made in memory for the run's steps (packing is online, so a longer plan starts with the same rows: --steps may
+change on --resume); they start at a document and carry position ids, and the model masks attention per
+document. Windows ("windows", the earlier behaviour, kept for comparison) are read from a run:
 
 The train split is one flat token stream per shard (pipeline.shards.ShardReader: a zero-copy numpy view over the
 memory map), cut into windows of seq_len + 1 tokens that overlap by one token, so every token but a shard's first
@@ -18,12 +23,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from tokshard.pipeline import mix
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
@@ -39,15 +47,19 @@ class Dataset:
     train: list[ShardReader]
     val: list[ShardReader]
     complete: bool
+    bos_id: int
+    plan: mix.Plan | None = None  # when --data is a `tokshard mix` plan
 
     def close(self) -> None:
         for r in (*self.train, *self.val):
             r.close()
 
 
-def open_dataset(out_dir: str | Path) -> Dataset:
-    """Open the shards of an encode output directory and check they all belong to its tokenizer."""
-    out = Path(out_dir)
+def open_dataset(data: str | Path) -> Dataset:
+    """Open a run (or a plan's first run: its tokenizer and val split) and check its shards belong to its
+    tokenizer."""
+    plan = mix.read_plan(data) if mix.is_plan(data) else None
+    out = Path(plan.data["sources"][0]["run"] if plan is not None else data)
     manifest = Manifest.read(out)
     sha = manifest.tokenizer["sha256"]
     tok_dir = out / manifest.tokenizer.get("path", "tokenizer")
@@ -70,7 +82,7 @@ def open_dataset(out_dir: str | Path) -> Dataset:
         raise ValueError(f"{out} has no train shards")
     return Dataset(out_dir=out, tokenizer_dir=tok_dir, tokenizer_sha256=sha, vocab_size=tok.vocab_size,
                    token_bytes=tok.token_bytes, train=splits["train"], val=splits["val"],
-                   complete=bool(manifest.data.get("complete", True)))
+                   complete=bool(manifest.data.get("complete", True)), bos_id=tok.bos_id, plan=plan)
 
 
 class WindowStream:
@@ -109,18 +121,26 @@ class WindowStream:
         return out
 
 
-class BatchLoader:
-    """Batches of windows prepared ahead by a background thread.
+def window_batches(stream: WindowStream, batch_size: int, rank: int) -> Callable[[int], dict[str, Any]]:
+    """This rank's batch of windows of the global batch starting at a stream position, as model inputs."""
+    def make(position: int) -> dict[str, Any]:
+        w = torch.from_numpy(stream.windows(position + rank * batch_size, batch_size))
+        return {"input_ids": w[:, :-1], "labels": w[:, 1:]}
+    return make
 
-    `next()` returns an int64 tensor [batch, seq_len + 1] (pinned when `pin`); inputs are [:, :-1], targets
-    [:, 1:]. With several ranks, each global batch is batch * world consecutive stream positions and rank r
-    takes its r-th slice. `position` counts the windows consumed by the batches already returned, across all
-    ranks: save it, and a loader started there continues with the very next batch.
+
+class BatchLoader:
+    """Batches prepared ahead by a background thread.
+
+    `make_batch(position)` returns this rank's batch (a dict of tensors: `input_ids`, `labels`, optionally
+    `position_ids`) of the global batch of `global_batch` rows starting at `position`; `next()` returns them
+    in order (tensors pinned when `pin`). `position` counts the rows consumed by the batches already returned,
+    across all ranks: save it, and a loader started there continues with the very next batch.
     """
 
-    def __init__(self, stream: WindowStream, batch_size: int, position: int = 0, rank: int = 0, world: int = 1,
+    def __init__(self, make_batch: Callable[[int], dict[str, Any]], global_batch: int, position: int = 0,
                  prefetch: int = 4, pin: bool = False) -> None:
-        self.stream, self.batch_size, self.rank, self.world, self.pin = stream, batch_size, rank, world, pin
+        self.make_batch, self.global_batch, self.pin = make_batch, global_batch, pin
         self.position = position
         self.wait_s = 0.0  # time next() spent waiting for the thread: data loading the model could not hide
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
@@ -131,12 +151,11 @@ class BatchLoader:
     def _produce(self, position: int) -> None:
         try:
             while not self._stop.is_set():
-                w = self.stream.windows(position + self.rank * self.batch_size, self.batch_size)
-                t = torch.from_numpy(w)
+                batch = {k: v for k, v in self.make_batch(position).items() if isinstance(v, torch.Tensor)}
                 if self.pin:
-                    t = t.pin_memory()
-                position += self.batch_size * self.world
-                self._put((position, t))
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                position += self.global_batch
+                self._put((position, batch))
         except BaseException as e:  # handed to the consumer, which re-raises it in the training thread
             self._put((None, e))
 
@@ -148,7 +167,7 @@ class BatchLoader:
             except queue.Full:
                 continue
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
         position, batch = self._queue.get()
         self.wait_s += time.perf_counter() - t0

@@ -1,28 +1,28 @@
 """The model: a decoder-only GPT (RoPE, SwiGLU MLP, pre-norm RMSNorm, no biases, untied embedding and head,
 optional QK-norm) and its configuration with named size presets.
 
-`GPT.forward(idx)` returns fp32 logits [B, T, vocab]; the loss is computed by the caller so the same forward
-serves training, bits-per-byte scoring and sampling. `GPTConfig.seq_len` is the context length: the RoPE
+`GPT.forward(idx, position_ids)` returns fp32 logits [B, T, vocab]; the loss is computed by the caller so the same
+forward serves training, bits-per-byte scoring and sampling. `GPTConfig.seq_len` is the context length: the RoPE
 tables are built for it and longer inputs are refused.
+
+With `position_ids` (each token's position inside its document, 0 at a document's first token, as
+`tokshard.data` yields them) attention is masked per document: a token attends only to earlier tokens of its own
+document, and RoPE restarts at every document, so a packed row trains exactly like its documents one by one.
+The mask is a block-diagonal boolean mask passed to `scaled_dot_product_attention`, which runs on CPU and CUDA
+(on CUDA it selects the memory-efficient kernel; flash attention takes no mask).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESETS: dict[str, dict[str, int]] = {
-    # Small enough to run a few hundred steps on 2 CPU cores in well under a minute (tests, smoke runs).
-    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 64, "seq_len": 128},
-    # GPT-2 small's shape (nanoGPT's baseline): 12 x 768, 12 heads, 1024 context; 85M non-embedding parameters
-    # with the SwiGLU width chosen to match a 4x GELU MLP.
-    "gpt2-small": {"n_layer": 12, "n_head": 12, "n_embd": 768, "seq_len": 1024},
-}
+from tokshard.trainer.defaults import PRESETS
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,29 @@ class GPTConfig:
             raise ValueError(f"unknown model config fields {sorted(unknown)}: written by a newer tokshard?")
         return cls(**d)
 
-    def with_(self, **changes: Any) -> GPTConfig:
-        return replace(self, **changes)
-
 
 def rope_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # [T, head_dim/2]
     return angles.cos(), angles.sin()
+
+
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """[B, 1, T, T] bool: query i may attend key j when j <= i and both lie in the same document (a document
+    starts where the position is 0)."""
+    doc = torch.cumsum(position_ids == 0, dim=1)
+    t = position_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal).unsqueeze(1)
+
+
+def position_ids_from_bos(idx: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """Positions inside documents for rows of token ids where every `<|bos|>` starts a document (and so does a
+    row's first token): how to mask windows cut from a flat token stream, such as the validation windows."""
+    t = idx.shape[1]
+    ar = torch.arange(t, device=idx.device).expand_as(idx)
+    starts = torch.where(idx == bos_id, ar, torch.zeros_like(ar))
+    return ar - torch.cummax(starts, dim=1).values
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -98,13 +113,17 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.o = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (p(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         if self.qk_norm:
             q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -127,8 +146,9 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.n_embd, eps=1e-6)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -164,15 +184,21 @@ class GPT(nn.Module):
         self.rope_cos.copy_(cos)
         self.rope_sin.copy_(sin)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx [B, T] int token ids (T <= seq_len) -> fp32 logits [B, T, vocab_size]."""
+    def forward(self, idx: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """idx [B, T] int token ids (T <= seq_len) -> fp32 logits [B, T, vocab_size]. `position_ids` [B, T]
+        (optional): positions inside documents; attention is then masked per document (module doc)."""
         t = idx.shape[1]
         if t > self.config.seq_len:
             raise ValueError(f"input of {t} tokens is longer than the model's context of {self.config.seq_len}")
-        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        mask = None
+        if position_ids is None:
+            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        else:  # [B, 1, T, D/2]: broadcast over heads
+            cos, sin = self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1)
+            mask = document_mask(position_ids)
         x = self.wte(idx)
         for block in self.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, mask)
         logits = self.lm_head(self.norm(x)).float()
         if self.config.logit_cap > 0:
             logits = self.config.logit_cap * torch.tanh(logits / self.config.logit_cap)

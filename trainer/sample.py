@@ -14,6 +14,7 @@ import torch
 
 from tokshard.pipeline.tokenizer import Tokenizer
 from tokshard.trainer.checkpoint import load_inference
+from tokshard.trainer.defaults import SAMPLE_DEFAULTS
 from tokshard.trainer.model import GPT
 
 
@@ -57,9 +58,10 @@ def find_tokenizer(checkpoint: str | Path, tokenizer_dir: str | Path | None, sha
     return tok
 
 
-def sample(checkpoint: str | Path, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
-           top_k: int | None = 50, seed: int | None = 0, tokenizer_dir: str | Path | None = None,
-           device: str = "cpu") -> dict:
+def sample(checkpoint: str | Path, prompt: str, *, max_new_tokens: int = SAMPLE_DEFAULTS["max_new_tokens"],
+           temperature: float = SAMPLE_DEFAULTS["temperature"], top_k: int | None = SAMPLE_DEFAULTS["top_k"],
+           seed: int | None = SAMPLE_DEFAULTS["seed"], tokenizer_dir: str | Path | None = None,
+           device: str = SAMPLE_DEFAULTS["device"]) -> dict:
     inf = load_inference(checkpoint, device=device)
     tok = find_tokenizer(checkpoint, tokenizer_dir, inf.tokenizer_sha256)
     ids = tok.encode(prompt, bos=True)

@@ -1,18 +1,20 @@
-"""Export to modded-nanogpt / llm.c token files: real shards from a real encode run, read back with a reader
-written here from llm.c's format description (not tokshard's), and every refusal on a real bad OUT."""
+"""Export to modded-nanogpt / llm.c token files and Megatron-LM's indexed dataset, from a real encode run and from a
+mix plan, read back with readers written here from each format's description (not tokshard's), and every refusal
+on a real bad OUT."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import sample_texts, write_parquet
-from tokshard.pipeline import jobs
-from tokshard.pipeline.export import Piece, export_nanogpt, plan_files
+from tests.conftest import run_tokshard, sample_texts, write_parquet
+from tokshard.pipeline import jobs, mix
+from tokshard.pipeline.export import Piece, export, export_nanogpt, plan_files
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
@@ -183,3 +185,83 @@ def test_bad_destination_or_file_size_is_refused(out_dir, exported, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is not a directory"):
         export_nanogpt(out_dir, tmp_path / "file")
+
+
+def read_megatron(prefix: Path) -> list[np.ndarray]:
+    """Megatron-LM's indexed dataset, read here from the layout its definition gives (not tokshard's writer): the
+    .idx holds b"MMIDIDX\\x00\\x00", version u64, dtype code u8, sequence count u64, document-index count u64, then
+    int32 sizes, int64 byte pointers into the .bin, int64 document index; all little-endian."""
+    idx = prefix.with_suffix(".idx").read_bytes()
+    assert idx[:9] == b"MMIDIDX\x00\x00", idx[:9]
+    version, code = struct.unpack_from("<QB", idx, 9)
+    assert version == 1
+    dtype = {8: np.dtype("<u2"), 4: np.dtype("<i4")}[code]
+    n_seq, n_doc = struct.unpack_from("<QQ", idx, 18)
+    pos = 34
+    sizes = np.frombuffer(idx, "<i4", n_seq, pos)
+    pointers = np.frombuffer(idx, "<i8", n_seq, pos + 4 * n_seq)
+    doc_index = np.frombuffer(idx, "<i8", n_doc, pos + 12 * n_seq)
+    assert len(idx) == pos + 12 * n_seq + 8 * n_doc, "nothing after the document index"
+    assert doc_index[0] == 0 and doc_index[-1] == n_seq and (np.diff(doc_index) >= 0).all()
+    data = prefix.with_suffix(".bin").read_bytes()
+    assert len(data) == int(sizes.sum()) * dtype.itemsize
+    return [np.frombuffer(data, dtype, int(n), int(p)) for n, p in zip(sizes, pointers, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def plan_dir(out_dir, tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("plan") / "plan"
+    data, packed = mix.build_plan([mix.SourceSpec("sample", str(out_dir), 1)], 200_000, 512, seed=3)
+    mix.write_plan(d, data, packed)
+    return d
+
+
+def _plan_documents(plan_dir: Path) -> list[np.ndarray]:
+    plan = mix.read_plan(plan_dir)
+    src = plan.data["sources"][0]
+    docs = []
+    for _s, shard, start, length in plan.segments.tolist():
+        with ShardReader(Path(src["run"]) / src["shards"][shard]["path"]) as r:
+            docs.append(np.array(r.tokens[start : start + length]))
+    return docs
+
+
+def test_megatron_from_a_run_holds_every_document_in_manifest_order(out_dir, tmp_path):
+    summary = export(out_dir, tmp_path / "meg", "megatron")
+    for split in ("val", "train"):
+        seqs = read_megatron(tmp_path / "meg" / split)
+        tokens, lengths = _split_stream(out_dir, split)
+        assert [len(s) for s in seqs] == lengths.tolist()
+        assert np.array_equal(np.concatenate(seqs), tokens)
+        assert summary["splits"][split] == {"files": 2, "tokens": len(tokens), "documents": len(lengths)}
+    assert summary["data_prefix"]["train"] == str(tmp_path / "meg" / "train")
+    with pytest.raises(ValueError, match=r"already holds 2 exported file\(s\)"):
+        export(out_dir, tmp_path / "meg", "megatron")
+
+
+@pytest.mark.slow
+def test_a_plan_exports_its_rows_in_order_to_megatron_and_nanogpt(out_dir, plan_dir, tmp_path):
+    docs = _plan_documents(plan_dir)
+    run_tokshard("export", "--format", "megatron", str(plan_dir), str(tmp_path / "meg"))
+    assert [s.tolist() for s in read_megatron(tmp_path / "meg" / "train")] == [d.tolist() for d in docs]
+    val_tokens, _ = _split_stream(out_dir, "val")
+    assert np.array_equal(np.concatenate(read_megatron(tmp_path / "meg" / "val")), val_tokens)
+    summary = export(plan_dir, tmp_path / "bins", "nanogpt", tokens_per_file=FILE_TOKENS)
+    train = [read_bin(tmp_path / "bins" / f["name"]) for f in summary["files"] if f["split"] == "train"]
+    assert np.array_equal(np.concatenate(train), np.concatenate(docs))
+    bos = Manifest.read(out_dir).tokenizer["bos_id"]
+    assert all(t[0] == bos for t in train), "a file starts at a document"
+
+
+def test_a_plan_over_a_changed_run_is_not_exported(out_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(out_dir, run)
+    data, packed = mix.build_plan([mix.SourceSpec("s", str(run), 1)], 20_000, 512, seed=0)
+    mix.write_plan(tmp_path / "plan", data, packed)
+    manifest = json.loads((run / "manifest.json").read_text())
+    victim = next(r for r in manifest["shards"] if r["split"] == "train")
+    victim["sha256"] = "e" * 64
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_tokshard("export", "--format", "megatron", str(tmp_path / "plan"), str(tmp_path / "meg"), check=False)
+    assert proc.returncode == 2 and "changed since the plan was made" in proc.stderr and victim["path"] in proc.stderr
+    assert not (tmp_path / "meg").exists()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tokshard.pipeline.shards import ShardReader, write_shard
-from tokshard.trainer.data import BatchLoader, WindowStream, val_windows
+from tokshard.trainer.data import BatchLoader, WindowStream, val_windows, window_batches
 
 SEQ = 8
 
@@ -48,22 +48,38 @@ def test_order_depends_on_seed_and_position_only(readers):
     assert not np.array_equal(a.windows(0, 8), WindowStream(readers, SEQ, seed=2).windows(0, 8))
 
 
+def _rows(batch: dict) -> np.ndarray:
+    """The windows a batch was cut from: inputs plus the last target."""
+    return np.concatenate([batch["input_ids"].numpy(), batch["labels"].numpy()[:, -1:]], axis=1)
+
+
 def test_loader_resumes_at_its_position_and_splits_ranks(readers):
     stream = WindowStream(readers, SEQ, seed=0)
-    loader = BatchLoader(stream, batch_size=3, prefetch=2)
-    first = [loader.next().numpy() for _ in range(4)]
+    loader = BatchLoader(window_batches(stream, 3, rank=0), global_batch=3, prefetch=2)
+    first = [_rows(loader.next()) for _ in range(4)]
     assert loader.position == 12
-    resumed = BatchLoader(stream, batch_size=3, position=loader.position)
-    assert np.array_equal(resumed.next().numpy(), loader.next().numpy())
+    resumed = BatchLoader(window_batches(stream, 3, rank=0), global_batch=3, position=loader.position)
+    assert np.array_equal(_rows(resumed.next()), _rows(loader.next()))
     loader.close()
     resumed.close()
     assert np.array_equal(np.concatenate(first), stream.windows(0, 12))
-    ranks = [BatchLoader(stream, batch_size=2, rank=r, world=2) for r in (0, 1)]
-    got = [[lo.next().numpy() for _ in range(2)] for lo in ranks]
+    ranks = [BatchLoader(window_batches(stream, 2, rank=r), global_batch=4) for r in (0, 1)]
+    got = [[_rows(lo.next()) for _ in range(2)] for lo in ranks]
     assert np.array_equal(np.concatenate([got[0][0], got[1][0], got[0][1], got[1][1]]), stream.windows(0, 8))
     assert ranks[0].position == ranks[1].position == 8
     for lo in ranks:
         lo.close()
+
+
+def test_a_failing_batch_reaches_the_training_thread(readers):
+    def broken(position: int) -> dict:
+        raise OSError(f"shard unreadable at {position}")
+
+    loader = BatchLoader(broken, global_batch=2)
+    with pytest.raises(RuntimeError, match="loader thread failed") as e:
+        loader.next()
+    assert "shard unreadable at 0" in str(e.value.__cause__)
+    loader.close()
 
 
 def test_too_little_data_is_a_clear_error(readers):

@@ -24,7 +24,7 @@ from tokshard.pipeline.tokenizer import PATTERNS, Tokenizer
 from tokshard.trainer import checkpoint
 from tokshard.trainer.bpb import score_windows
 from tokshard.trainer.data import open_dataset, val_windows
-from tokshard.trainer.train import TrainConfig, train
+from tokshard.trainer.train import TrainConfig, log_step, save, setup, train, train_step, validate
 
 TOKSHARD = str(Path(sys.executable).with_name("tokshard"))
 
@@ -33,10 +33,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_cluster, small_tokenizer_dir) -> Path:
-    out = tmp_path_factory.mktemp("trainer") / "out"
-    jobs.encode(None, small_tokenizer_dir, out, show_progress=False)
-    return out
+def shards(sample_run) -> Path:
+    return sample_run
 
 
 def records(run: Path, kind: str) -> list[dict]:
@@ -70,7 +68,8 @@ def test_tiny_preset_learns_real_text(shards, tmp_path):
     inf = checkpoint.load_inference(run / "model.pt")
     ds = open_dataset(shards)
     windows, lengths = val_windows(ds.val, inf.config.seq_len, 1 << 20)
-    score = score_windows(inf.model, windows, ds.token_bytes, lengths=lengths)
+    # packed rows train with attention masked per document: validation masks at each <|bos|> the same way
+    score = score_windows(inf.model, windows, ds.token_bytes, lengths=lengths, bos_id=ds.bos_id)
     ds.close()
     assert inf.step == 200 and inf.tokenizer_sha256 == ds.tokenizer_sha256
     assert score.bpb == pytest.approx(last, rel=1e-6)
@@ -208,3 +207,43 @@ def test_torchrun_two_ranks_train_like_one_process_with_their_joint_batch(shards
     np.testing.assert_allclose([x["val_bpb"] for x in records(tmp_path / "two", "val")],
                                [x["val_bpb"] for x in records(tmp_path / "one", "val")], rtol=2e-4)
     assert checkpoint.load_training(tmp_path / "two" / "checkpoint.pt")["data_position"] == 6 * 4
+
+
+def test_setup_one_step_and_logging_each_work_alone(shards, tmp_path):
+    lines: list[str] = []
+    run = setup(small_run(shards, tmp_path / "run", log_every=1), echo=lines.append)
+    try:
+        assert run.start_step == 0 and run.masked and run.loader.position == 0
+        assert "packed rows" in lines[0] and "attention masked per document" in lines[0]
+        assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "tokenizer").is_dir()
+        before = {k: v.clone() for k, v in run.model.state_dict().items()}
+        result = train_step(run, 0)
+        assert np.isfinite(result.loss) and result.grad_norm > 0 and result.seconds >= result.data_seconds >= 0
+        assert run.loader.position == 4, "one step of 4 rows consumed"
+        assert any(not torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+        log_step(run, 1, result)
+        score = validate(run, 1)
+        save(run, 1)
+    finally:
+        run.close()
+    train_rec, val_rec, ckpt_rec = map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())
+    assert train_rec["kind"] == "train" and train_rec["step"] == 1 and train_rec["loss"] == result.loss
+    assert val_rec["kind"] == "val" and val_rec["val_bpb"] == score.bpb
+    assert ckpt_rec == {"kind": "ckpt", "step": 1, "data_position": 4}
+    assert any(line.startswith("step 1/16 | loss") for line in lines)
+
+
+def test_trains_on_a_mix_plan_and_refuses_one_too_short(shards, tmp_path):
+    from tokshard.pipeline import mix
+
+    data, packed = mix.build_plan([mix.SourceSpec("sample", str(shards), 1)], 16 * 4 * 64, 64, seed=0)
+    mix.write_plan(tmp_path / "plan", data, packed)
+    summary = train(TrainConfig(data=str(tmp_path / "plan"), out=str(tmp_path / "run"), preset="tiny", steps=16,
+                                batch_size=4, seq_len=64, eval_every=8), echo=quiet)
+    assert summary["finished"] and checkpoint.load_training(tmp_path / "run" / "checkpoint.pt")["data_position"] == 64
+    with pytest.raises(ValueError, match=r"plans 64 rows; 17 steps of 4 rows need 68"):
+        train(TrainConfig(data=str(tmp_path / "plan"), out=str(tmp_path / "run2"), preset="tiny", steps=17,
+                          batch_size=4, seq_len=64), echo=quiet)
+    with pytest.raises(ValueError, match="planned for seq_len 64"):
+        train(TrainConfig(data=str(tmp_path / "plan"), out=str(tmp_path / "run3"), preset="tiny", steps=4,
+                          batch_size=4, seq_len=32), echo=quiet)

@@ -55,7 +55,10 @@ def trained(tmp_path_factory):
             "tok": Tokenizer.load(d), "hf": hf_reference(d), "ordinary": ordinary}
 
 
-unicode_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300)
+# Unassigned code points (Cn in Python's Unicode tables) are left out: the `regex` module follows a newer Unicode than
+# HF's Oniguruma, so a character assigned since (e.g. U+12550, a letter to `regex`, unassigned to Oniguruma) splits
+# differently in the two. The encoders themselves are checked against HF on such text in test_tokenizer.
+unicode_text = st.text(alphabet=st.characters(blacklist_categories=["Cs", "Cn"]), max_size=300)
 edge = st.sampled_from(["the", " of", " the", ", and", ". ", "? ", ": ", "; ", "!", " ", "  ", "\t", "\n", "\r\n",
                         "\n\n", "1", "2025", "3.5", "e.g.", "U.S.", "don't", "中文", "日本語", "é", "e\u0301", "😀",
                         "\u00a0", "\u2028", "\u3000", "\x1f", "\x00", "-", "...", "<|bos|>", "İ", "ſ"])

@@ -22,8 +22,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import evaluate, export, jobs, sources
-from tokshard.pipeline.manifest import MANIFEST, Manifest
+from tokshard.pipeline import evaluate, export, jobs, sources, storage
+from tokshard.pipeline.manifest import MANIFEST, Manifest, unlisted_shards
 from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
 
 TRAIN_TMP_PREFIX = ".tmp-train-"
@@ -219,6 +219,7 @@ def _train_lines(s: dict[str, Any]) -> list[str]:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    storage.check_writable(args.out)  # before any task: a bad bucket/endpoint/credentials is exit 2 at once
     result = jobs.train_tokenizer(args.source, args.out, vocab_size=args.vocab_size, sample_bytes=args.sample_bytes,
                                   pattern=args.pattern, seed=args.seed, text_column=args.text_column,
                                   id_column=args.id_column, address=args.address, workers=args.workers,
@@ -241,33 +242,37 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
-        shutil.rmtree(stale, ignore_errors=True)
+    storage.check_writable(args.out)  # before any task: a bad bucket/endpoint/credentials is exit 2 at once
+    remote = storage.is_url(args.out)
+    tmp_parent = None if remote else Path(args.out)  # train beside a local OUT, in the system's temp dir for a URL
+    if tmp_parent is not None:
+        for stale in tmp_parent.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
+            shutil.rmtree(stale, ignore_errors=True)
     settings = {"vocab_size": args.vocab_size, "sample_bytes": args.sample_bytes, "pattern": args.pattern,
                 "seed": args.seed, "text_column": args.text_column, "id_column": args.id_column,
                 "superbpe_transition": args.superbpe_transition}
-    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out,
+    out_tok = storage.join(args.out, "tokenizer")
+    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=tmp_parent,
                                                                                    prefix=TRAIN_TMP_PREFIX) as tmp:
-        trained = jobs.reusable_tokenizer(out / "tokenizer", args.source, **settings)
+        trained = jobs.reusable_tokenizer(out_tok, args.source, **settings)
         if trained is None:
             # Trained beside OUT: encode checks OUT belongs to this run before it copies the tokenizer in.
             trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", **settings)
         result = _encode(args, str(trained.tokenizer_dir))
-        trained.tokenizer_dir = out / "tokenizer"
+        trained.tokenizer_dir = out_tok if remote else Path(out_tok)
     summary = {"tokenizer": trained.summary(), **result.summary()}
     _print(args, summary, _train_lines(trained.summary()) + _encode_lines(result.summary()))
     return 0 if result.complete else EXIT_INCOMPLETE
 
 
-def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+def _inspect_tokenizer(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
     tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json
     meta = tok.metadata
     summary = {"kind": "tokenizer", "path": str(path), "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
                "pattern_name": tok.pattern_name, "pattern": tok.pattern, "special_tokens": tok.special_tokens,
                "sha256": tok.sha256, "training": meta.get("training"), "problems": []}
-    problems = [] if (path / METADATA_JSON).is_file() else [f"{path / METADATA_JSON}: missing"]
+    meta_path = storage.join(path, METADATA_JSON)
+    problems = [] if storage.exists(meta_path) else [f"{meta_path}: missing"]
     lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}",
              f"  special tokens: {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items())}",
              f"  sha256 {tok.sha256} (verified)"]
@@ -278,26 +283,32 @@ def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]
     return summary, lines, problems
 
 
-def _inspect_shards(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+def _inspect_shards(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
     manifest = Manifest.read(path)
     problems = manifest.verify(path) + [f"run incomplete: {e}" for e in manifest.data.get("errors", [])]
     totals = manifest.totals()
+    # On an object store: shard objects of attempts that never committed (removed at the end of the next run).
+    uncommitted = unlisted_shards(path, manifest.shards) if storage.is_url(path) else []
     summary = {"kind": "shards", "path": str(path), "tokenizer": manifest.tokenizer, "totals": totals,
-               "shards": len(manifest.shards), "problems": problems}
+               "shards": len(manifest.shards), "uncommitted": uncommitted, "problems": problems}
     lines = [f"shards {path}: {len(manifest.shards)} shards verified against {MANIFEST}, "
              f"tokenizer {manifest.tokenizer['sha256'][:12]}… ({manifest.tokenizer['dtype']})"]
     for split in ("train", "val", "all"):
         t = totals[split]
         lines.append(f"  {split:5s}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['text_bytes'] / 1e6:,.1f} MB,"
                      f" {t['bytes_per_token']:.3f} bytes/token")
+    if uncommitted:
+        more = " …" if len(uncommitted) > 5 else ""
+        lines.append(f"  {len(uncommitted)} uncommitted object(s) of dead attempts, not part of the run (the next "
+                     f"run into {path} removes them): {', '.join(uncommitted[:5])}{more}")
     return summary, lines, problems
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    if (path / MANIFEST).is_file():
+    path = storage.display(args.path)
+    if storage.exists(storage.join(path, MANIFEST)):
         summary, lines, problems = _inspect_shards(path)
-    elif (path / TOKENIZER_JSON).is_file():
+    elif storage.exists(storage.join(path, TOKENIZER_JSON)):
         summary, lines, problems = _inspect_tokenizer(path)
     else:
         raise FileNotFoundError(f"{path} holds neither {MANIFEST} (a shard directory) nor {TOKENIZER_JSON} "

@@ -18,12 +18,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokshard.pipeline import atomic, sources, superbpe
+from tokshard.pipeline import atomic, sources, storage, superbpe
 from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
     claim_out_dir,
+    committed_slices,
     read_slice_records,
+    remove_uncommitted,
     verify_shards,
     write_slice_records,
 )
@@ -142,12 +144,13 @@ class TrainResult:
                 "seconds": round(self.seconds, 2), "sha256": self.sha256, "reused": self.reused}
 
 
-def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: int, sample_bytes: int, pattern: str,
+def reusable_tokenizer(tokenizer_dir: str | os.PathLike[str], source: str | None, *, vocab_size: int,
+                       sample_bytes: int, pattern: str,
                        seed: int, text_column: str, id_column: str,
                        superbpe_transition: int | None = None) -> TrainResult | None:
     """The tokenizer an earlier `tokshard run` trained with exactly these settings, or None: training is
     deterministic, so resuming a run need not train again."""
-    if not (tokenizer_dir / METADATA_JSON).is_file():
+    if not storage.exists(storage.join(tokenizer_dir, METADATA_JSON)):
         return None
     tok = Tokenizer.load(tokenizer_dir)
     t = tok.metadata.get("training") or {}
@@ -294,7 +297,7 @@ def encode_slice(
     slice done (the first attempt died between writing it and reporting it) must not yield fewer, or its
     `SliceDone` would be dropped."""
     t0 = time.time()
-    out = Path(out_dir)
+    out = out_dir
     info = asdict(piece)
     done = read_slice_records(out, piece.name)
     if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
@@ -327,15 +330,15 @@ def encode_slice(
         lengths = np.concatenate(buf.lengths)
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        rel = f"{split}/shard-{piece.name}{SUFFIX}"
-        written = write_shard(Path(out_dir) / rel, buf.ids, buf.tokens[: buf.size], offsets,
+        rel = storage.attempt_name(out_dir, f"{split}/shard-{piece.name}{SUFFIX}")  # per attempt on a store
+        written = write_shard(storage.join(out_dir, rel), buf.ids, buf.tokens[: buf.size], offsets,
                               tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
         seconds = time.time() - t0
         records.append(ShardRecord(
             path=rel, split=split, source=piece.path, slice=piece.name, row_groups=[piece.rg_start, piece.rg_end],
             rows=[piece.row_start, piece.row_end], documents=written.documents, tokens=written.tokens,
             text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
-            tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(),
+            tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(), stored=written.stored,
         ).to_dict())
     write_slice_records(out, piece.name, info, records)
     yield SliceDone(records, False)
@@ -344,7 +347,7 @@ def encode_slice(
 @dataclass
 class EncodeResult:
     manifest: Manifest
-    out_dir: Path
+    out_dir: str  # a local path or a URL
     seconds: float
     errors: list[str]
     slices_encoded: int = 0
@@ -392,30 +395,37 @@ def encode(
         if limit is not None and limit < 1:
             raise ValueError(f"{name} must be at least 1, got {limit}")
     t0 = time.time()
-    out_dir = Path(out).absolute()
+    out_dir = storage.display(out)
+    storage.check_writable(out_dir)  # a bad endpoint, bucket or credentials fails here, before any task
     tok = Tokenizer.load(tokenizer_dir)
     files = sources.resolve_files(source)[:limit_files]
     plan = sources.plan_slices(files, text_column, slice_bytes, limit_docs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     claim_out_dir(out_dir, {"tokenizer_sha256": tok.sha256, "files": files, "text_column": text_column,
                             "id_column": id_column, "val_fraction": val_fraction, "slice_bytes": slice_bytes,
                             "limit_docs": limit_docs})
-    _refuse_changed_files(out_dir, plan.slices)
-    local_tok = out_dir / "tokenizer"
-    if Path(tokenizer_dir).absolute() != local_tok:
-        copy_tokenizer(Path(tokenizer_dir), local_tok)
+    # Slices an earlier run committed and that still verify are kept here, without a task each (and a changed
+    # source file is refused before anything is written).
+    done = committed_slices(out_dir, {s.name: asdict(s) for s in plan.slices})
+    local_tok = storage.join(out_dir, "tokenizer")
+    if storage.display(tokenizer_dir) != local_tok:
+        copy_tokenizer(tokenizer_dir, local_tok)
     for split in ("train", "val"):
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
-        atomic.remove_stale_temporaries(out_dir / split)
+        storage.makedirs(storage.join(out_dir, split))
+        if not storage.is_url(out_dir):
+            atomic.remove_stale_temporaries(Path(out_dir) / split)
 
     records: list[dict[str, Any]] = []
     errors: list[str] = list(plan.problems)
-    kept = failed = 0
+    for recs in done.values():
+        records.extend(recs)
+    kept, failed = len(done), 0
     with ray_session(address, workers):
         # A streaming generator (see encode_slice): progress arrives with the results, no actor needed.
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
-        pending = list(reversed(plan.slices))
+        for recs in done.values():  # the slices kept above count as done from the start
+            progress.add(RowsDone(*(sum(r[k] for r in recs) for k in ("documents", "tokens", "text_bytes"))))
+        pending = [s for s in reversed(plan.slices) if s.name not in done]
         in_flight: dict[Any, sources.Slice] = {}  # ObjectRefGenerator -> its slice
         cluster_cpus, polled = 1, 0.0
         try:
@@ -458,23 +468,16 @@ def encode(
                 progress.update()
         finally:
             progress.close()
-    for split in ("train", "val"):  # what attempts on lost workers left behind
-        atomic.remove_stale_temporaries(out_dir / split)
+    if storage.is_url(out_dir):  # what attempts on lost workers left behind
+        remove_uncommitted(out_dir, records)
+    else:
+        for split in ("train", "val"):
+            atomic.remove_stale_temporaries(Path(out_dir) / split)
 
     records.sort(key=lambda r: (r["split"], r["path"]))
     manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, errors)
     manifest.write(out_dir)
     return EncodeResult(manifest, out_dir, time.time() - t0, errors, len(plan.slices) - kept - failed, kept)
-
-
-def _refuse_changed_files(out_dir: Path, slices: list[sources.Slice]) -> None:
-    changed = sorted({s.path for s in slices
-                      if (done := read_slice_records(out_dir, s.name)) is not None
-                      and done["slice"].get("file_fingerprint") != s.file_fingerprint})
-    if changed:
-        raise ValueError(f"{len(changed)} source file(s) changed since {out_dir} was written (their parquet footers "
-                         f"differ), e.g. {changed[0]}; resuming would mix two versions: choose another --out, or "
-                         "delete that directory to start over")
 
 
 def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
@@ -486,13 +489,14 @@ def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
     return workers
 
 
-def copy_tokenizer(src: Path, dest: Path) -> None:
-    """Copy a tokenizer directory file by file (atomically each), so OUT/tokenizer is byte-identical to SRC."""
-    from tokshard.pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
+def copy_tokenizer(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Copy a tokenizer directory (local or URL) file by file (atomically each), so OUT/tokenizer is
+    byte-identical to SRC."""
+    from tokshard.pipeline.tokenizer import TOKENIZER_FILES
 
-    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON):
-        if (src / name).is_file():
-            atomic.write_bytes(dest / name, (src / name).read_bytes())
+    for name in TOKENIZER_FILES:
+        if storage.exists(storage.join(src, name)):
+            storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(src, name)))
 
 
 def _task_error(piece: sources.Slice, exc: BaseException) -> str:

@@ -22,6 +22,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import atomic, storage
 
 # Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {
@@ -60,6 +61,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (BOS, "<|pad|>", *(f"<|reserved_{i}|>" for i i
 TOKENIZER_JSON = "tokenizer.json"
 METADATA_JSON = "tokshard.json"
 TOKEN_BYTES_NPY = "token_bytes.npy"
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON)  # the order they are written in
 METADATA_FORMAT = "tokshard-tokenizer/1"
 
 # riptoken gives ids identical to tiktoken/HF on pre-split pieces shorter than 500 UTF-8 bytes and may differ on
@@ -522,7 +524,13 @@ class Tokenizer:
                    metadata=dict(metadata or {}))
 
     def save(self, directory: str | os.PathLike[str], training: dict[str, Any] | None = None) -> Path:
-        """Write tokenizer.json, token_bytes.npy and tokshard.json (in that order, each atomically)."""
+        """Write tokenizer.json, token_bytes.npy and tokshard.json (in that order, each atomically). A URL
+        (pipeline/storage.py) gets the same three files uploaded in the same order; its URL is returned."""
+        if storage.is_url(directory):
+            with tempfile.TemporaryDirectory(prefix="tokshard-tok-") as tmp:
+                self.save(tmp, training)
+                storage.upload_dir(Path(tmp), directory, TOKENIZER_FILES)
+            return directory  # type: ignore[return-value]
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
@@ -547,7 +555,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
-        d = Path(directory)
+        """Load a tokenizer directory, local or at a URL (read through storage's local cache)."""
+        d = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
         path = d / TOKENIZER_JSON
         if not path.is_file():
             raise FileNotFoundError(f"{d} is not a tokenizer directory: {TOKENIZER_JSON} is missing "
@@ -581,12 +590,13 @@ def load_cached(directory: str, sha256: str) -> Tokenizer:
     directory would parse the same vocabulary again for each run (~0.3 s per worker, docs/benchmarks.md). The
     sha256 of tokenizer.json fixes everything encoding depends on (ranks, pattern, special tokens); the file in
     `directory` is still hashed on every call (~1 ms), so a changed directory is never served from the cache."""
-    on_disk = sha256_file(Path(directory) / TOKENIZER_JSON)
+    local = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
+    on_disk = sha256_file(local / TOKENIZER_JSON)
     if sha256 and on_disk != sha256:
         raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")
     tok = _LOADED.get(on_disk)
     if tok is None:
-        tok = Tokenizer.load(directory)
+        tok = Tokenizer.load(local)
         _LOADED[on_disk] = tok
         while len(_LOADED) > _LOADED_MAX:
             _LOADED.popitem(last=False)

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,6 +34,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# The S3-compatible server of the object-store tests (moto_server, started on first use by the `s3_server`
+# fixture). Its endpoint and dummy credentials are set here, before any Ray worker starts, so every process of
+# the session -- tests, `tokshard` subprocesses, Ray workers -- reaches it through the standard AWS variables.
+S3_PORT = int(os.environ.get("TOKSHARD_TEST_S3_PORT") or 0) or free_port()
+S3_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "tokshard-test",
+          "AWS_SECRET_ACCESS_KEY": "tokshard-test", "AWS_DEFAULT_REGION": "us-east-1"}
+for _k, _v in S3_ENV.items():
+    os.environ[_k] = _v
+os.environ.pop("AWS_PROFILE", None)
 
 
 def run_tokshard(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600,
@@ -60,6 +73,45 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 def sample_texts(limit: int | None = None) -> list[str]:
     texts = pq.read_table(sources.bundled_sample(), columns=["text"]).column("text").to_pylist()
     return texts[:limit] if limit else texts
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def start_moto_server(port: int) -> subprocess.Popen:
+    """A real S3-compatible server (moto) on loopback; stop it with `.terminate()`."""
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_port(port, proc)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 server at S3_ENV's endpoint, started on first use and stopped at the end."""
+    proc = start_moto_server(S3_PORT)
+    yield S3_ENV["AWS_ENDPOINT_URL"]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server, as an `s3://` URL."""
+    import s3fs
+
+    name = f"tokshard-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ def free_port() -> int:
 # The S3-compatible server of the object-store tests (moto_server, started on first use by the `s3_server`
 # fixture). Its endpoint and dummy credentials are set here, before any Ray worker starts, so every process of
 # the session -- tests, `tokshard` subprocesses, Ray workers -- reaches it through the standard AWS variables.
-S3_PORT = int(os.environ.get("TOKSHARD_TEST_S3_PORT") or 0) or free_port()
+# (conftest is imported twice, by pytest and as tests.conftest: the port is chosen once, through the environment.)
+S3_PORT = int(os.environ.setdefault("TOKSHARD_TEST_S3_PORT", str(free_port())))
 S3_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "tokshard-test",
           "AWS_SECRET_ACCESS_KEY": "tokshard-test", "AWS_DEFAULT_REGION": "us-east-1"}
 for _k, _v in S3_ENV.items():
@@ -75,11 +76,11 @@ def sample_texts(limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+def _wait_for_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"moto_server exited with {proc.returncode}: {Path(log).read_text()[-2000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -89,9 +90,11 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> No
 
 def start_moto_server(port: int) -> subprocess.Popen:
     """A real S3-compatible server (moto) on loopback; stop it with `.terminate()`."""
+    # Its request log goes to a file: a pipe nobody reads would fill up and stall the server mid-test.
+    log = open(Path(tempfile.gettempdir()) / f"tokshard-moto-{port}.log", "w")  # noqa: SIM115 (lives with proc)
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _wait_for_port(port, proc)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    _wait_for_port(port, proc, log.name)
     return proc
 
 

@@ -22,6 +22,7 @@ from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
 
 SLICE_BYTES = 100_000
+ATTEMPT_SUFFIX = re.compile(r"\.[0-9a-f]{12}\.arrow$")
 
 
 def store_shard_bytes(url: str) -> dict[str, bytes]:
@@ -30,8 +31,7 @@ def store_shard_bytes(url: str) -> dict[str, bytes]:
     out = {}
     for rec in Manifest.read(url).shards:
         split, name = rec["path"].split("/")
-        out[f"{split}/{re.sub(r'\.[0-9a-f]{12}\.arrow$', '.arrow', name)}"] = storage.read_bytes(
-            storage.join(url, rec["path"]))
+        out[f"{split}/{ATTEMPT_SUFFIX.sub('.arrow', name)}"] = storage.read_bytes(storage.join(url, rec["path"]))
     return out
 
 
@@ -73,7 +73,7 @@ def test_reading_shards_and_tokenizer_from_s3(s3_run, local_run):
     url, result = s3_run
     rec = result.manifest.shards[0]
     with ShardReader(storage.join(url, rec["path"]), sha256=rec["sha256"]) as remote, \
-            ShardReader(local_run / re.sub(r"\.[0-9a-f]{12}\.arrow$", ".arrow", rec["path"])) as local:
+            ShardReader(local_run / ATTEMPT_SUFFIX.sub(".arrow", rec["path"])) as local:
         assert remote.ids == local.ids and (remote.tokens == local.tokens).all()
     tok = Tokenizer.load(storage.join(url, "tokenizer"))
     assert tok.sha256 == result.manifest.tokenizer["sha256"]
@@ -108,7 +108,7 @@ def test_resume_keeps_committed_slices_without_tasks_and_redoes_changed_ones(s3_
 
 def test_dead_attempts_objects_are_listed_by_inspect_and_removed_by_the_next_run(s3_run, corpus_dir,
                                                                                   small_tokenizer_dir):
-    url, first = s3_run
+    url, _ = s3_run
     dead = "train/shard-00000-0000.0123456789ab.arrow"  # what a worker killed before its commit leaves
     storage.write_bytes(storage.join(url, dead), b"half of a shard")
     summary = json.loads(run_tokshard("inspect", url, "--json").stdout)

@@ -81,8 +81,9 @@ def write_shard(
     found = storage.info(path)
     if found is None:
         raise OSError(f"{path} was written but the store does not list it")
-    return WrittenShard(path=str(path) if storage.is_url(path) else Path(path), documents=len(ids), tokens=len(tokens), size=int(found["size"]),
-                        sha256=digest.hexdigest(), stored=storage.stored_tag(found))
+    return WrittenShard(path=str(path) if storage.is_url(path) else Path(path), documents=len(ids),
+                        tokens=len(tokens), size=int(found["size"]), sha256=digest.hexdigest(),
+                        stored=storage.stored_tag(found))
 
 
 class _HashingSink:

@@ -1,4 +1,5 @@
-# Two commands for a fresh machine: `make run` (the main job on the bundled sample) and `make test`.
+# Fresh machine: `make run` (the main job on the bundled sample; the core only, no PyTorch) and `make test`
+# (everything: the service, the trainer and the test tools). `make test-fast` skips the tests marked slow.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,24 +7,50 @@ OUT ?= out/sample
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install run test lint bench clean
+# PyTorch is needed by the trainer (and so by `make test`), never by `make run`. Which build is your choice:
+#   TORCH_VARIANT=cpu    (default) the CPU build, ~200 MB
+#   TORCH_VARIANT=cu128  (or cu126, ...) the CUDA build for that CUDA version, several GB
+# The pin carries the variant as its local version (torch==2.13.0+cpu). PyPI serves no such version, so pip can
+# only take that exact build: from TORCH_INDEX, or from a wheel already in pip's find-links (PIP_FIND_LINKS),
+# in which case no index is asked (machines that cannot reach download.pytorch.org keep the wheel there). A plain
+# `torch==2.13.0` from PyPI would be the multi-GB CUDA build on Linux.
+TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
+TORCH_SPEC := torch==$(TORCH_VERSION)+$(TORCH_VARIANT)
+TORCH_LOCAL := $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+$(TORCH_VARIANT)-*.whl,$(PIP_FIND_LINKS)))
+TORCH_INDEX ?= $(if $(TORCH_LOCAL),,https://download.pytorch.org/whl/$(TORCH_VARIANT))
 
-$(BIN)/tokshard: pyproject.toml
+CORE := $(VENV)/.installed-core
+FULL := $(VENV)/.installed-full
+
+.PHONY: install install-core run test test-fast lint bench clean
+
+$(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: 2.13.0 is the CPU build on disk; an open range would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(FULL): $(CORE)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(BIN)/python -m pip install --quiet -e ".[dev,service,trainer]"
 	touch $@
 
-install: $(BIN)/tokshard
+install-core: $(CORE)
 
-run: install
+install: $(FULL)
+
+run: install-core
 	$(BIN)/tokshard run --out $(OUT)
 
-test: install
+lint: install
 	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/python bench/encode_throughput.py

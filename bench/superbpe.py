@@ -1,4 +1,4 @@
-"""Benchmark: SuperBPE (issue 7) vs ordinary BPE at the same vocabulary on real text.
+"""Benchmark: SuperBPE vs ordinary BPE at the same vocabulary on real text.
 
 Trains ordinary BPE and SuperBPE (one per --transitions value) on the same hash sample of the corpus train files,
 then on the held-out val file reports tokens, bytes/token and the share of tokens saved, single-thread encode

@@ -15,7 +15,7 @@ and regex on real text, and `--js-tiktoken` also runs js-tiktoken itself (node) 
     npm install --prefix /tmp/jstik js-tiktoken@1.0.21    # the ranks, and base64-js for the node check
     JS=/tmp/jstik/node_modules/js-tiktoken
     python bench/tiktoken_vocab.py $JS/dist/ranks/cl100k_base.js /tmp/cl100k/tokenizer.json \\
-        --verify /work/shared/corpus/val-00000.parquet --verify-docs 100000 --js-tiktoken $JS
+        --verify ../shared/corpus/val-00000.parquet --verify-docs 100000 --js-tiktoken $JS
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Benchmark: training throughput, MFU, data-loading share and val BPB of a short run (issue 4's GPU numbers).
+"""Benchmark: training throughput, MFU, data-loading share and val BPB of a short run (the trainer's GPU numbers).
 
 Runs the real training loop (trainer.train.train) into a temporary run directory and summarises its log.jsonl:
 

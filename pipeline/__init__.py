@@ -1,8 +1,8 @@
 """tokshard's core: BPE tokenizer, Arrow token shards, corpus sources, Ray jobs and the `tokshard` CLI.
 
-Installed as `tokshard.pipeline`. The public surface is small: `Tokenizer` (load/encode/decode), `ShardReader` (zero-copy view of a shard),
-`Manifest`, and the two jobs `train_tokenizer` and `encode`. `service/` and `trainer/` build on it; it never
-imports them.
+Installed as `tokshard.pipeline`. The public surface is small: `Tokenizer` (load/encode/decode), `ShardReader`
+(zero-copy view of a shard), `Manifest`, and the two jobs `train_tokenizer` and `encode`. `service/` and
+`trainer/` build on it; it never imports them.
 """
 
 from tokshard.pipeline.manifest import Manifest

@@ -22,9 +22,16 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import evaluate, export, jobs, sources, storage
+from tokshard.pipeline import eval_report, evaluate, export, jobs, sources, storage
 from tokshard.pipeline.manifest import MANIFEST, Manifest, unlisted_shards
-from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, DEFAULT_VOCAB_SIZE, METADATA_JSON, TOKENIZER_JSON, Tokenizer
+from tokshard.pipeline.tokenizer import (
+    DEFAULT_PATTERN,
+    DEFAULT_VOCAB_SIZE,
+    METADATA_JSON,
+    TOKEN_BYTES_NPY,
+    TOKENIZER_JSON,
+    Tokenizer,
+)
 
 TRAIN_TMP_PREFIX = ".tmp-train-"
 EXIT_INCOMPLETE = 1
@@ -35,8 +42,9 @@ def _add_source(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--source", required=required, default=None,
                    help="parquet file, directory, glob, hf://datasets/... or fsspec URL"
                    + ("" if required else " (default: the bundled sample)"))
-    p.add_argument("--text-column", default=sources.DEFAULT_TEXT_COLUMN)
-    p.add_argument("--id-column", default=sources.DEFAULT_ID_COLUMN)
+    p.add_argument("--text-column", default=sources.DEFAULT_TEXT_COLUMN, help="column holding the document text")
+    p.add_argument("--id-column", default=sources.DEFAULT_ID_COLUMN,
+                   help="column holding the document id (FILE#ROW when the source has none)")
 
 
 def _add_ray(p: argparse.ArgumentParser) -> None:
@@ -47,18 +55,20 @@ def _add_ray(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
-    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES)
-    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="gpt2, cl100k (gpt4), cl100k-d2 (default), "
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="ids, special tokens included")
+    p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES,
+                   help="UTF-8 bytes of documents sampled from SRC to train on")
+    p.add_argument("--pattern", default=DEFAULT_PATTERN, help="split pattern: gpt2, cl100k (gpt4), cl100k-d2, "
                    "o200k (gpt4o), or a regex")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which documents the sample takes")
     p.add_argument("--superbpe-transition", type=int, default=None, metavar="T",
                    help="SuperBPE: ordinary merges up to a T-token vocabulary, then merges across the spaces between "
                    "words up to --vocab-size (e.g. 28672 of 32768; preset patterns only)")
 
 
 def _add_encoding(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION)
+    p.add_argument("--val-fraction", type=float, default=jobs.DEFAULT_VAL_FRACTION,
+                   help="share of documents (chosen by a hash of their id) in the validation split")
     p.add_argument("--slice-mb", type=int, default=sources.DEFAULT_SLICE_BYTES >> 20,
                    help="uncompressed text per encode task / shard, in MiB")
     p.add_argument("--limit-docs", type=int, default=None, help="encode only the first N documents (trial runs)")
@@ -67,10 +77,32 @@ def _add_encoding(p: argparse.ArgumentParser) -> None:
                    help="progress bar (default: when stderr is a terminal; plain log lines otherwise)")
 
 
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)  # compared by identity: 0 is a default worth showing
+
+
+class _ShowDefaults(argparse.HelpFormatter):
+    """Every option's help ends with its default, taken from the value argparse holds: the constant the code uses,
+    so `--help` cannot drift from it. Options without a default (None, or a flag that is off) show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or any(action.default is v for v in _NO_DEFAULT):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """tokshard's parsers, the subcommands other rooms register included, show their defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _ShowDefaults)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tokshard", description="Train a BPE tokenizer and tokenize a corpus "
-                                     "into Arrow token shards with Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="tokshard", description="Train a BPE tokenizer and tokenize a corpus into Arrow token "
+                     "shards with Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train-tokenizer", help="train a byte-level BPE tokenizer on a sample of SRC")
     p.set_defaults(func=_json_only_on_stdout(cmd_train_tokenizer))
@@ -105,10 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens)")
     p.add_argument("outdir", help="a complete `tokshard encode` output directory")
     p.add_argument("dest", help="directory to write (must not already hold exported files)")
-    p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE)
+    p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE,
+                   help="tokens per exported file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
 
+    _add_eval_tokenizer(sub)
+    _add_plugin_commands(sub)
+    return parser
+
+
+def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval-tokenizer", help="compare tokenizers on the same text (compression, fairness across "
                        "groups, speed); optionally a vocabulary-size sweep")
     p.set_defaults(func=_json_only_on_stdout(cmd_eval_tokenizer))
@@ -125,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, metavar="GROUP", help="the group premiums are relative to")
     p.add_argument("--limit-docs", type=int, default=None, help="evaluate on the first N documents only")
     p.add_argument("--max-bytes", type=int, default=evaluate.DEFAULT_MAX_BYTES,
-                   help="evaluate on the first documents up to about this many bytes of text (default: %(default)s)")
+                   help="evaluate on the first documents up to about this many bytes of text")
     p.add_argument("--repeats", type=int, default=evaluate.DEFAULT_REPEATS, help="throughput: best of N runs")
     p.add_argument("--force", action="store_true", help="replace a report made with other settings")
     p.add_argument("--sweep", default=None, metavar="SIZES", help="also train these vocabulary sizes on one sample "
@@ -135,8 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="--sweep: split pattern (as train-tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="--sweep: sample seed")
     _add_ray(p)
-    _add_plugin_commands(sub)
-    return parser
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -155,7 +192,7 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
         sweep=args.sweep, train_source=args.train_source, sample_bytes=args.sample_bytes, pattern=args.pattern,
         seed=args.seed, address=args.address, workers=args.workers, force=args.force,
         log=lambda line: print(line, file=sys.stderr))
-    _print(args, report, evaluate.summary_lines(report, args.out))
+    _print(args, report, eval_report.summary_lines(report, args.out))
     return 0
 
 
@@ -265,17 +302,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if result.complete else EXIT_INCOMPLETE
 
 
+def _tokenizer_problems(path: str) -> tuple[str, list[str]]:
+    """What `Tokenizer.load` could check in a tokenizer directory (local or URL), and the files a complete one
+    lacks.
+
+    load verifies tokenizer.json against the sha256 in tokshard.json and token_bytes.npy against tokenizer.json,
+    but only when those files are there; a directory without them loads, so inspect names each one missing."""
+    problems = []
+    recorded = None
+    meta_path, bytes_path = storage.join(path, METADATA_JSON), storage.join(path, TOKEN_BYTES_NPY)
+    if storage.exists(meta_path):
+        recorded = storage.read_json(meta_path).get("tokenizer_json_sha256")
+        if recorded is None:
+            problems.append(f"{meta_path}: records no tokenizer_json_sha256, so {TOKENIZER_JSON} cannot "
+                            "be verified; re-save the tokenizer")
+    else:
+        problems.append(f"{meta_path}: missing, so {TOKENIZER_JSON} cannot be verified (and the training "
+                        "record is lost); re-save the tokenizer or copy the whole directory")
+    if not storage.exists(bytes_path):
+        problems.append(f"{bytes_path}: missing (bits-per-byte needs it); re-save the tokenizer")
+    verified = f"verified against {METADATA_JSON}" if recorded is not None else "NOT verified"
+    return verified, problems
+
+
 def _inspect_tokenizer(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
-    tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json
+    tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json, when it is there
     meta = tok.metadata
+    verified, problems = _tokenizer_problems(path)
     summary = {"kind": "tokenizer", "path": str(path), "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
                "pattern_name": tok.pattern_name, "pattern": tok.pattern, "special_tokens": tok.special_tokens,
-               "sha256": tok.sha256, "training": meta.get("training"), "problems": []}
-    meta_path = storage.join(path, METADATA_JSON)
-    problems = [] if storage.exists(meta_path) else [f"{meta_path}: missing"]
+               "sha256": tok.sha256, "sha256_verified": verified.startswith("verified"),
+               "training": meta.get("training"), "problems": problems}
     lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}",
              f"  special tokens: {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items())}",
-             f"  sha256 {tok.sha256} (verified)"]
+             f"  sha256 {tok.sha256} ({verified})"]
     if meta.get("training"):
         t = meta["training"]
         lines.append(f"  trained on {t.get('sample_documents', '?'):,} docs / {t.get('sample_bytes', 0) / 1e6:,.1f} MB "

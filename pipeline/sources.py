@@ -294,12 +294,9 @@ def id_fraction(doc_id: str, salt: str = "") -> float:
     return int.from_bytes(h, "little") / 2.0**64
 
 
-def is_validation(doc_id: str, val_fraction: float) -> bool:
-    return val_fraction > 0 and id_fraction(doc_id, "tokshard-val:") < val_fraction
-
-
 def validation_mask(doc_ids: Sequence[str], val_fraction: float) -> np.ndarray:
-    """`is_validation` for many ids at once (bool array): the salted hash state is built once and copied."""
+    """Which documents go to the validation split (bool array): `id_fraction(id, "tokshard-val:") < val_fraction`,
+    with the salted hash state built once and copied."""
     if val_fraction <= 0:
         return np.zeros(len(doc_ids), dtype=bool)
     salted = hashlib.blake2b(b"tokshard-val:", digest_size=8)

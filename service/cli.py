@@ -22,6 +22,8 @@ import tempfile
 from tokshard.service.config import API_KEY_ENV, CONFIG_ENV, Limits, ServiceConfig
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # service.metrics reads the same variable (not imported: no FastAPI here)
+DEFAULT_HOST = "127.0.0.1"  # loopback only: exposing the service is a choice (--host 0.0.0.0, with an API key)
+DEFAULT_PORT = 8000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,13 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (from `tokshard train-tokenizer`)")
     p.add_argument("--checkpoint", default=None, help="inference checkpoint for /v1/bpb (needs the trainer extra)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (loopback only unless you choose otherwise)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     p.add_argument("--api-key", default=None, help=f"require `Authorization: Bearer KEY` (default: ${API_KEY_ENV} "
                    "when set; prefer the variable, a flag is visible in `ps`)")
     limits = p.add_argument_group("limits (413 when exceeded; reported by /v1/info)")
-    limits.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    limits.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes, help="HTTP request body")
     limits.add_argument("--max-batch", type=int, default=defaults.max_batch, help="texts or sequences per request")
     limits.add_argument("--max-text-bytes", type=int, default=defaults.max_text_bytes, help="UTF-8 bytes per text")
     limits.add_argument("--max-tokens", type=int, default=defaults.max_tokens, help="ids per detokenize sequence")
@@ -48,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="requests with at most this many characters are encoded on the event loop, together with "
                    "the other small requests ready at that moment; larger ones in a thread pool (0: always the pool)")
     p.add_argument("--coalesce", action=argparse.BooleanOptionalAction, default=True,
-                   help="encode small requests that arrive together in one engine call (default: on)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+                   help="encode small requests that arrive together in one engine call")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn's log level")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False,
                    help="log every request (off by default: a log line per request costs throughput)")
 

@@ -10,16 +10,18 @@ serialized in the pool too). A single text answers with one result object; a lis
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic_core
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from tokshard.service import schemas
+from tokshard.service import schemas, scoring
 from tokshard.service.errors import ServiceError
-from tokshard.service.scoring import aggregate
 from tokshard.service.state import ServiceState
+
+if TYPE_CHECKING:  # /v1/bpb runs only with a checkpoint, i.e. with the trainer extra installed
+    from tokshard.trainer.bpb import Score
 
 VERSION = "0.1.0"
 # Every error any route can answer, for /docs (the body is always schemas.ErrorResponse).
@@ -139,21 +141,22 @@ async def bpb(body: schemas.BpbRequest, request: Request) -> Response:
                            "score text", "model_not_loaded")
     texts, batched = _as_batch(body.texts)
     check_batch(st, len(texts), "texts")
-    items = await st.run_model(_score, st, texts, batched)
-    return json_response({"model": st.scorer.info(), "data": [{"index": i, **item} for i, item in enumerate(items)],
-                          "aggregate": aggregate(items)})
+    scores = await st.run_model(_score, st, texts, batched)
+    return json_response({"model": st.scorer.info(),
+                          "data": [{"index": i, **scoring.as_json(s)} for i, s in enumerate(scores)],
+                          "aggregate": scoring.as_json(scoring.total(scores))})
 
 
-def _score(st: ServiceState, texts: list[str], batched: bool) -> list[dict[str, Any]]:
+def _score(st: ServiceState, texts: list[str], batched: bool) -> list[Score]:
     assert st.scorer is not None
     ids, data = st.engine.encode(texts, bos=True, name="texts", batched=batched)
     total = sum(map(len, data))
     if total > st.config.limits.max_bpb_bytes:
         raise ServiceError(413, f"texts hold {total:,} bytes of UTF-8; /v1/bpb scores at most "
                            f"{st.config.limits.max_bpb_bytes:,} per request: split them", "bpb_too_large", "texts")
-    items = st.scorer.score(ids, st.engine.tokenizer.token_bytes)
-    st.metrics.count("bpb", sum(i["tokens"] for i in items), total)
-    return items
+    scores = st.scorer.score(ids, st.engine.tokenizer.token_bytes)
+    st.metrics.count("bpb", sum(s.tokens for s in scores), total)
+    return scores
 
 
 # -- info, health, metrics ----------------------------------------------------------------------------------

@@ -4,19 +4,20 @@ torch and trainer/ are imported only here and only when a checkpoint is configur
 `--checkpoint` runs on an installation without the trainer extra. A checkpoint trained with another tokenizer is
 refused at start-up: its ids would mean different text and every score would be silently wrong.
 
-Per text we return the raw sums (nats, bytes, tokens) next to the ratio, and the request's aggregate is
-Σnats / (ln 2 · Σbytes) over those sums, so a client can combine any number of requests exactly.
+Bits-per-byte has one definition, the trainer's `Score` (trainer/bpb.py): per text we return its raw sums
+(nats, bytes, tokens) next to its `bpb`, and the request's aggregate is the `Score` of those sums added up, so a
+client can combine any number of requests exactly.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokshard.pipeline.tokenizer import Tokenizer
 
-LN2 = math.log(2.0)
+if TYPE_CHECKING:  # torch is imported only when a checkpoint is configured
+    from tokshard.trainer.bpb import Score
 
 
 @dataclass
@@ -32,19 +33,23 @@ class Scorer:
         return {"name": self.name, "step": self.step, "context_len": self.context_len,
                 "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
 
-    def score(self, sequences: list[list[int]], token_bytes: Any) -> list[dict[str, Any]]:
-        """One {nats, bytes, tokens, bpb} per sequence (each starts with <|bos|>), via trainer.bpb."""
+    def score(self, sequences: list[list[int]], token_bytes: Any) -> list[Score]:
+        """One Score per sequence (each starts with <|bos|>), via trainer.bpb."""
         from tokshard.trainer.bpb import score_sequences
 
-        scores = score_sequences(self.model, sequences, token_bytes, self.context_len, device="cpu")
-        return [{"bpb": s.bpb, "nats": s.nats, "bytes": s.bytes, "tokens": s.tokens} for s in scores]
+        return score_sequences(self.model, sequences, token_bytes, self.context_len, device="cpu")
 
 
-def aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    nats = math.fsum(i["nats"] for i in items)
-    nbytes = sum(i["bytes"] for i in items)
-    return {"bpb": nats / (LN2 * nbytes) if nbytes else None, "nats": nats, "bytes": nbytes,
-            "tokens": sum(i["tokens"] for i in items)}
+def total(scores: list[Score]) -> Score:
+    """The Score of all the texts together (Score's own sum: nats, bytes and tokens added, then the ratio)."""
+    from tokshard.trainer.bpb import Score
+
+    return sum(scores, Score(0.0, 0, 0))
+
+
+def as_json(score: Score) -> dict[str, Any]:
+    """A Score as the API's BpbScore object."""
+    return {"bpb": score.bpb, "nats": score.nats, "bytes": score.bytes, "tokens": score.tokens}
 
 
 def load_scorer(path: str, tokenizer: Tokenizer) -> Scorer:

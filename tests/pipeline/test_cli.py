@@ -49,6 +49,75 @@ def test_inspect_verifies_and_detects_corruption(run_out, tmp_path):
     assert bad.returncode == 1 and shard.name in bad.stdout and "sha256" in bad.stdout
 
 
+def test_inspect_names_missing_tokenizer_files(tmp_path, capsys):
+    """A tokenizer directory without tokshard.json or token_bytes.npy still loads: inspect must say what it could
+    not check, in the JSON (the problems it exits 1 for) and in the text (no "verified" for an unchecked sha256)."""
+    from tokshard.pipeline import cli
+    from tokshard.pipeline.tokenizer import METADATA_JSON, PATTERNS, TOKEN_BYTES_NPY, Tokenizer
+
+    d = tmp_path / "tok"
+    Tokenizer.from_ranks({bytes([b]): b for b in range(256)} | {b"ab": 256}, PATTERNS["gpt2"], "gpt2").save(d)
+
+    def inspect(*flags: str) -> tuple[int, str]:
+        code = cli.main(["inspect", str(d), *flags])
+        return code, capsys.readouterr().out
+
+    code, out = inspect("--json")
+    assert code == 0 and json.loads(out)["problems"] == [] and json.loads(out)["sha256_verified"] is True
+    code, out = inspect()
+    assert code == 0 and f"(verified against {METADATA_JSON})" in out and "no problems found" in out
+
+    (d / TOKEN_BYTES_NPY).unlink()
+    code, out = inspect("--json")
+    assert code == 1 and [p.split(":")[0] for p in json.loads(out)["problems"]] == [str(d / TOKEN_BYTES_NPY)]
+
+    (d / METADATA_JSON).unlink()
+    code, out = inspect("--json")
+    report = json.loads(out)
+    assert code == 1 and report["sha256_verified"] is False
+    assert [p.split(":")[0] for p in report["problems"]] == [str(d / METADATA_JSON), str(d / TOKEN_BYTES_NPY)]
+    code, out = inspect()
+    assert code == 1 and "(NOT verified)" in out and "(verified" not in out
+    assert f"PROBLEM {d / METADATA_JSON}: missing" in out and f"PROBLEM {d / TOKEN_BYTES_NPY}: missing" in out
+
+    (d / METADATA_JSON).write_text(json.dumps({"pattern_name": "gpt2"}))  # present but records no sha256
+    code, out = inspect("--json")
+    assert code == 1 and json.loads(out)["sha256_verified"] is False
+    assert "records no tokenizer_json_sha256" in json.loads(out)["problems"][0]
+
+
+def test_help_shows_every_default_from_the_code():
+    """`tokshard CMD --help` ends each option's help with the default argparse holds, and those defaults are the
+    constants the code runs with (trainer's `train` and `sample` are checked with the trainer)."""
+    import argparse
+
+    from tokshard.pipeline import cli, jobs, sources
+    from tokshard.pipeline.tokenizer import DEFAULT_VOCAB_SIZE
+    from tokshard.service import cli as service_cli
+
+    parser = cli.build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    checked = 0
+    for name, p in sub.choices.items():
+        if name in ("train", "sample"):
+            continue
+        text = " ".join(p.format_help().split())  # argparse wraps lines anywhere
+        for action in p._actions:
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+                assert f"(default: {action.default})" in text, (name, action.option_strings)
+                checked += 1
+    assert checked > 30
+
+    def default(command: str, dest: str):
+        return sub.choices[command].get_default(dest)
+
+    assert default("run", "vocab_size") == DEFAULT_VOCAB_SIZE
+    assert default("run", "sample_bytes") == default("eval-tokenizer", "sample_bytes") == jobs.DEFAULT_SAMPLE_BYTES
+    assert default("encode", "val_fraction") == jobs.DEFAULT_VAL_FRACTION
+    assert default("encode", "slice_mb") << 20 == sources.DEFAULT_SLICE_BYTES
+    assert default("serve", "port") == service_cli.DEFAULT_PORT
+
+
 def test_human_summary_of_run(corpus_dir, tmp_path):
     proc = tokshard("run", "--source", str(corpus_dir / "part-00.parquet"), "--out", str(tmp_path / "o"),
                     "--vocab-size", "600", "--no-progress")

@@ -15,8 +15,9 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 
-from tokshard.pipeline import cli, evaluate, jobs
+from tokshard.pipeline import cli, eval_report, evaluate, jobs
 from tokshard.pipeline.tokenizer import PATTERNS, Tokenizer
+from tokshard.pipeline.tokenizer_adapters import char_byte_offsets
 
 # Two "languages" of parallel text (same key = same content) plus an unpaired reference document.
 ROWS = [  # text, lang, key
@@ -150,7 +151,7 @@ def test_cli_on_the_bundled_sample(hand, small_tokenizer_dir, tmp_path):
     assert code == 0, stderr
     report = json.loads(stdout)
     assert json.loads((out / "report.json").read_text()) == report
-    assert report["format"] == evaluate.FORMAT and set(report["definitions"]) >= {"bytes_per_token", "premium"}
+    assert report["format"] == eval_report.FORMAT and set(report["definitions"]) >= {"bytes_per_token", "premium"}
     assert report["source"]["documents"] == 300 and report["source"]["group_by"] == "url"
     assert set(report["groups"]) == {"debian", "fortunes", "gnu"}  # debian-reference-*, debian-policy -> "debian"
     for t in report["tokenizers"]:
@@ -229,5 +230,5 @@ def test_errors(hand, tmp_path):
 
 
 def test_char_byte_offsets_and_sizes():
-    assert evaluate.char_byte_offsets("aé中😀").tolist() == [0, 1, 3, 6, 10]
+    assert char_byte_offsets("aé中😀").tolist() == [0, 1, 3, 6, 10]
     assert evaluate.parse_sizes("16k, 8k,512,8k") == [512, 8192, 16384]

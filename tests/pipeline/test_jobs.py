@@ -63,8 +63,8 @@ def test_every_document_exactly_once_with_exact_ids(encoded, corpus_dir, small_t
 
 def test_validation_split_is_chosen_by_document_id(encoded):
     result, out = encoded
-    for rec, doc_id, _ in _shard_rows(out):
-        assert (rec["split"] == "val") == sources.is_validation(doc_id, 0.1)
+    rows = [(rec["split"] == "val", doc_id) for rec, doc_id, _ in _shard_rows(out)]
+    assert [val for val, _ in rows] == sources.validation_mask([doc_id for _, doc_id in rows], 0.1).tolist()
     totals = result.manifest.totals()
     assert 0.03 < totals["val"]["documents"] / totals["all"]["documents"] < 0.2
 

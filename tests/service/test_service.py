@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,16 +80,6 @@ def serve(*args: str, log: Path, env: dict[str, str] | None = None) -> Iterator[
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # our own process group (start_new_session)
             proc.wait()
-
-
-def _rss_mb(pid: int) -> float:
-    """RSS of a process and its children (uvicorn's worker processes)."""
-    pids = [pid] + [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    kb = 0
-    for p in pids:
-        status = Path(f"/proc/{p}/status").read_text()
-        kb += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    return kb / 1024
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------
@@ -424,6 +415,8 @@ def test_bpb_equals_the_trainers_score(client, small_tokenizer, checkpoint):
     alone = client.post("/v1/bpb", json={"texts": texts[0]}).json()
     assert alone["data"][0]["nats"] == pytest.approx(body["data"][0]["nats"], rel=1e-5)
     assert 0 < agg["bpb"] < 12
+    empty = client.post("/v1/bpb", json={"texts": []}).json()  # no texts: the sums are zero, the ratio undefined
+    assert empty["data"] == [] and empty["aggregate"] == {"bpb": None, "nats": 0.0, "bytes": 0, "tokens": 0}
 
 
 def test_serve_refuses_a_checkpoint_of_another_tokenizer(small_tokenizer, small_tokenizer_dir, checkpoint,
@@ -486,10 +479,12 @@ def test_api_key_guards_everything_but_probes_and_docs(secured):
         assert err.status_code == 503 and err.json()["error"]["type"] == "model_not_loaded"
 
 
-def test_light_load_two_workers_no_errors_no_growth(secured, small_tokenizer):
-    """2 x 1,500 requests, 16 concurrent, against 2 workers: zero errors, right ids, flat RSS, exact metrics.
+def test_light_load_two_workers_no_errors_exact_metrics(secured, small_tokenizer):
+    """3,300 requests, 16 concurrent, against 2 workers: zero errors, right ids, exact metrics.
 
-    Every 20th text is ~20 KB, so thread-pool encodes run while small requests are coalesced on the loop."""
+    Every 20th text is ~20 KB, so thread-pool encodes run while small requests are coalesced on the loop. Memory
+    growth under load is measured by bench/service_load.py (docs/benchmarks.md), not here: RSS moves with the
+    allocator and the machine's load, so a threshold in a test either flakes or checks nothing."""
     docs = [d for d in sample_texts(400) if d]
     texts = [t[:1000] for t in docs[:200]]
     for i in range(0, len(texts), 20):
@@ -523,18 +518,13 @@ def test_light_load_two_workers_no_errors_no_growth(secured, small_tokenizer):
                 _metric(text, "tokshard_coalesced_batch_texts_sum"))
 
     served_before, calls_before, texts_before = scrape()
-    assert asyncio.run(round_(300)) == (0, 0)  # warm-up: allocator pools, caches
-    rss_warm = _rss_mb(secured.proc.pid)
+    assert asyncio.run(round_(300)) == (0, 0)
     assert asyncio.run(round_(1500)) == (0, 0)
-    rss_1 = _rss_mb(secured.proc.pid)
     assert asyncio.run(round_(1500)) == (0, 0)
-    rss_2 = _rss_mb(secured.proc.pid)
     # Both workers' counts, summed through the multiprocess directory, whichever worker answers the scrape.
     served, calls, texts_encoded = scrape()
     assert served - served_before == 3300
     assert texts_encoded - texts_before == 3300 * 19 / 20 and calls - calls_before <= 3300  # the small ones
-    assert rss_2 - rss_1 < 8, (rss_warm, rss_1, rss_2)
-    assert rss_1 - rss_warm < 16, (rss_warm, rss_1, rss_2)
 
 
 # -- schema fuzzing ------------------------------------------------------------------------------------------
@@ -545,9 +535,14 @@ def test_openapi_documents_every_route(client):
     assert "ErrorResponse" in spec["components"]["schemas"]
 
 
+SCHEMATHESIS_EXAMPLES = 30  # per operation and generation mode
+
+
 def test_schemathesis_finds_no_server_errors(server):
     """Positive and negative cases generated from /openapi.json for every operation; no 5xx, every error in the
-    envelope. Bounded: 50 examples per operation and mode (~15 s here), and never past a 25 s deadline."""
+    envelope. Bounded by a count (SCHEMATHESIS_EXAMPLES per operation and mode), never by the clock: every
+    generated case is sent and checked, however slow the machine, and every operation with a body is exercised
+    with its full count of cases."""
     import schemathesis
     from hypothesis import Phase
     from hypothesis import settings as hsettings
@@ -556,19 +551,15 @@ def test_schemathesis_finds_no_server_errors(server):
     from schemathesis.checks import not_a_server_error
 
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
-    deadline = time.monotonic() + 25
     failures: list[str] = []
-    ran = 0
+    ran: Counter[tuple[str, str]] = Counter()
 
     def fuzz(operation, mode) -> None:
-        @hsettings(max_examples=50, deadline=None, phases=[Phase.generate], database=None,
+        @hsettings(max_examples=SCHEMATHESIS_EXAMPLES, deadline=None, phases=[Phase.generate], database=None,
                    suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy(generation_mode=mode))
         def check(case) -> None:
-            nonlocal ran
-            if time.monotonic() > deadline:
-                return
-            ran += 1
+            ran[operation.label, mode.value] += 1
             response = case.call(base_url=server.url, timeout=30)
             try:
                 case.validate_response(response, checks=[not_a_server_error])
@@ -584,8 +575,15 @@ def test_schemathesis_finds_no_server_errors(server):
         except Unsatisfiable:  # no invalid request exists for an operation without inputs (GET /livez)
             assert mode == GenerationMode.NEGATIVE and operation.method.upper() == "GET", operation.label
 
+    posts = []
     for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.method.upper() == "POST":
+            posts.append(operation.label)
         for mode in GenerationMode:
-            fuzz(result.ok(), mode)
+            fuzz(operation, mode)
     assert not failures, "\n".join(failures[:5])
-    assert ran >= 300
+    assert len(posts) >= 5, posts
+    short = {(label, mode.value): ran[label, mode.value] for label in posts for mode in GenerationMode
+             if ran[label, mode.value] < SCHEMATHESIS_EXAMPLES}
+    assert not short, f"operations that got fewer than {SCHEMATHESIS_EXAMPLES} cases: {short}"

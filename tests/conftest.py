@@ -71,6 +71,21 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(Path(out).glob("*/shard-*.arrow"))}
 
 
+def committed_shard_bytes(out: str | Path) -> dict[str, bytes]:
+    """The shards a run's manifest commits, by split/name with any per-attempt key suffix dropped (object stores:
+    `shard-X.<attempt>.arrow`), so a run on a store compares with `shard_bytes` of a local run."""
+    import re
+
+    from tokshard.pipeline import storage
+    from tokshard.pipeline.manifest import Manifest
+
+    result = {}
+    for rec in Manifest.read(out).shards:
+        name = re.sub(r"\.[0-9a-f]{12}\.arrow$", ".arrow", rec["path"])
+        result[name] = storage.read_bytes(storage.join(out, rec["path"]))
+    return result
+
+
 def sample_texts(limit: int | None = None) -> list[str]:
     texts = pq.read_table(sources.bundled_sample(), columns=["text"]).column("text").to_pylist()
     return texts[:limit] if limit else texts

@@ -15,7 +15,7 @@ import re
 import pytest
 import s3fs
 
-from tests.conftest import run_tokshard, shard_bytes
+from tests.conftest import committed_shard_bytes, run_tokshard, shard_bytes
 from tokshard.pipeline import jobs, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
@@ -23,16 +23,6 @@ from tokshard.pipeline.tokenizer import Tokenizer
 
 SLICE_BYTES = 100_000
 ATTEMPT_SUFFIX = re.compile(r"\.[0-9a-f]{12}\.arrow$")
-
-
-def store_shard_bytes(url: str) -> dict[str, bytes]:
-    """Every committed shard of a run on the store by split/slice name (per-attempt key suffix dropped), to compare
-    with `shard_bytes` of a local run."""
-    out = {}
-    for rec in Manifest.read(url).shards:
-        split, name = rec["path"].split("/")
-        out[f"{split}/{ATTEMPT_SUFFIX.sub('.arrow', name)}"] = storage.read_bytes(storage.join(url, rec["path"]))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +45,7 @@ def s3_run(corpus_dir, small_tokenizer_dir, s3_bucket, ray_cluster):
 
 def test_encode_to_s3_is_byte_identical_to_local_and_inspect_verifies(s3_run, local_run):
     url, result = s3_run
-    assert store_shard_bytes(url) == shard_bytes(local_run)
+    assert committed_shard_bytes(url) == shard_bytes(local_run)
     assert len(result.manifest.shards) == len(Manifest.read(local_run).shards) > 4
     # Every shard key is a per-attempt key, and the run left nothing uncommitted behind.
     assert all(re.fullmatch(r"(train|val)/shard-\d{5}-\d{4}\.[0-9a-f]{12}\.arrow", r["path"])
@@ -102,7 +92,7 @@ def test_resume_keeps_committed_slices_without_tasks_and_redoes_changed_ones(s3_
                         show_progress=False)
     assert fixed.complete and fixed.slices_encoded == 1 and fixed.slices_kept == n_slices - 1
     assert victim["path"] not in {r["path"] for r in fixed.manifest.shards}
-    assert store_shard_bytes(url) == shard_bytes(local_run)
+    assert committed_shard_bytes(url) == shard_bytes(local_run)
     assert not storage.exists(storage.join(url, victim["path"]))  # the replaced object was not committed: removed
 
 

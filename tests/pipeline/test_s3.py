@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import urllib.request
 
 import pytest
 import s3fs
 
-from tests.conftest import committed_shard_bytes, run_tokshard, shard_bytes
+from tests.conftest import committed_shard_bytes, free_port, run_tokshard, shard_bytes
+from tests.local_cluster import wait_for
 from tokshard.pipeline import jobs, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
@@ -151,3 +155,49 @@ def test_train_tokenizer_to_s3_and_tokenizer_round_trip(s3_bucket, small_tokeniz
     with pytest.raises(FileNotFoundError):
         Tokenizer.load(f"{s3_bucket}/nothing-here")
     assert s3fs.S3FileSystem().exists(url.removeprefix("s3://") + "/tokenizer.json")
+
+
+def test_trainer_dataset_reads_from_s3(s3_run, local_run):
+    """`tokshard train --data s3://…` opens the run through the manifest: shards come from the verified cache."""
+    pytest.importorskip("torch")
+    from tokshard.trainer.data import open_dataset
+
+    url, _ = s3_run
+    remote, local = open_dataset(url), open_dataset(local_run)
+    try:
+        assert remote.tokenizer_sha256 == local.tokenizer_sha256 and remote.complete
+        for split in ("train", "val"):
+            assert [r.tokens.tolist() for r in getattr(remote, split)] == \
+                [r.tokens.tolist() for r in getattr(local, split)]
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_serve_tokenizer_from_s3(s3_bucket, small_tokenizer):
+    url = f"{s3_bucket}/serve-tok"
+    small_tokenizer.save(url)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tokshard", "serve", "--tokenizer", url, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def info() -> dict | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/info", timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+
+        served = wait_for(info, 120, "the service to answer /v1/info")
+        assert served["tokenizer"]["sha256"] == small_tokenizer.sha256
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tokenize", method="POST",
+                                     data=json.dumps({"prompt": "Hello from the object store"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = json.loads(r.read())
+        assert body["tokens"] == small_tokenizer.encode("Hello from the object store")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -8,15 +8,19 @@ store that cannot be used is refused before any task starts (exit 2).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 
+import aiohttp
 import pytest
 import s3fs
+from aiohttp import web
 
 from tests.conftest import committed_shard_bytes, free_port, run_tokshard, shard_bytes
 from tests.local_cluster import wait_for
@@ -201,3 +205,87 @@ def test_serve_tokenizer_from_s3(s3_bucket, small_tokenizer):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class DenyingProxy:
+    """An HTTP proxy in front of the S3 server that answers AccessDenied to writes of keys containing `deny`
+    (while it is set) and passes everything else through: a store that fails for one slice in the middle of a
+    run, deterministically, with the real server behind it."""
+
+    def __init__(self, upstream: str, deny: str) -> None:
+        self.upstream, self.deny = upstream, deny
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(30), "the proxy did not start"
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app)
+
+        async def start() -> None:
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+            self._session = aiohttp.ClientSession(auto_decompress=False)
+
+        self._loop.run_until_complete(start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.deny and request.method in ("PUT", "POST") and self.deny in request.path:
+            return web.Response(status=403, content_type="application/xml", body=(
+                b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                b"<Message>Access Denied</Message></Error>"))
+        hop = {"host", "content-length", "transfer-encoding", "connection"}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+        async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
+                                         data=body) as r:
+            data = await r.read()
+            out = {k: v for k, v in r.headers.items() if k.lower() not in hop}
+            if request.method == "HEAD":  # the object's size: what s3fs's info() reads
+                out["Content-Length"] = r.headers.get("Content-Length", "0")
+                return web.Response(status=r.status, headers=out)
+            return web.Response(status=r.status, body=data, headers=out)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self._session.close()
+            await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+
+def test_store_failing_mid_run_fails_that_slice_then_the_same_command_finishes(s3_server, s3_bucket, corpus_dir,
+                                                                               small_tokenizer_dir, local_run):
+    url = f"{s3_bucket}/flaky"
+    proxy = DenyingProxy(s3_server, deny="shard-00001-0000")
+    try:
+        args = ["encode", "--source", str(corpus_dir), "--tokenizer", str(small_tokenizer_dir), "--out", url,
+                "--val-fraction", "0.1", "--slice-mb", "1", "--workers", "1", "--no-progress", "--json"]
+        env = {"AWS_ENDPOINT_URL": proxy.url, "AWS_MAX_ATTEMPTS": "2"}
+        failed = run_tokshard(*args, check=False, env=env)
+        assert failed.returncode == 1, failed.stderr[-3000:]
+        summary = json.loads(failed.stdout)
+        assert not summary["complete"] and len(summary["errors"]) == 1
+        assert "part-01.parquet" in summary["errors"][0] and "denied" in summary["errors"][0].lower()
+        assert Manifest.read(url).data["complete"] is False
+        proxy.deny = ""  # the store works again: the same command finishes the run
+        again = json.loads(run_tokshard(*args, env=env).stdout)
+        assert again["complete"] and again["slices_encoded"] == 1 and again["slices_kept"] >= 2
+    finally:
+        proxy.close()
+    ref = run_tokshard("encode", "--source", str(corpus_dir), "--tokenizer", str(small_tokenizer_dir), "--out",
+                       str(local_run.parent / "mb1"), "--val-fraction", "0.1", "--slice-mb", "1", "--workers", "1",
+                       "--no-progress")
+    assert ref.returncode == 0
+    assert committed_shard_bytes(url) == shard_bytes(local_run.parent / "mb1")
+    assert json.loads(run_tokshard("inspect", url, "--json").stdout)["problems"] == []

@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_ID_COLUMN = "id"
 DEFAULT_SLICE_BYTES = 64 << 20  # uncompressed text per slice: bounds a worker's memory and sets shard size
-# Footer reads in flight while planning: I/O-bound (pyarrow and the fsspec clients release the GIL while they wait),
-# so many more than the cores; bounded so 10,000 files never mean 10,000 connections (docs/benchmarks.md).
+# Footer reads in flight while planning remote files (URLs): I/O-bound (the fsspec clients wait on the network
+# with the GIL released), so many more than the cores; bounded so 10,000 files never mean 10,000 connections.
+# Local files are planned by one thread: a local footer read is CPU work, and threads only added GIL contention
+# (2,000 local files: 0.29 s serial, 1.11 s with 32 threads; docs/benchmarks.md).
 PLAN_THREADS = 32
 
 
@@ -191,15 +193,17 @@ def plan_slices(
     text_column: str = DEFAULT_TEXT_COLUMN,
     slice_bytes: int = DEFAULT_SLICE_BYTES,
     limit_docs: int | None = None,
-    threads: int = PLAN_THREADS,
+    threads: int | None = None,
 ) -> Plan:
     """Group each file's consecutive row groups into slices of about `slice_bytes` uncompressed text.
 
     A file that cannot be read or lacks a string text column becomes a problem of the plan, not an exception:
     the other files still run. `limit_docs` keeps only the first documents (in file order), for trial runs.
-    Footers are read by `threads` threads, in windows of files so that a `limit_docs` run reads few beyond what it
-    needs; the plan is the same as a serial one's.
+    Footers are read by `threads` threads (default: PLAN_THREADS when any file is a URL, else 1), in windows of
+    files so that a `limit_docs` run reads few beyond what it needs; the plan is the same as a serial one's.
     """
+    if threads is None:
+        threads = PLAN_THREADS if any("://" in f for f in files) else 1
     slices: list[Slice] = []
     problems: list[str] = []
     rows = 0

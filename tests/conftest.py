@@ -103,12 +103,13 @@ def _wait_for_port(port: int, proc: subprocess.Popen, log: str, timeout: float =
     raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def start_moto_server(port: int) -> subprocess.Popen:
-    """A real S3-compatible server (moto) on loopback; stop it with `.terminate()`."""
+def start_moto_server(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A real S3-compatible server (moto) on loopback; stop it with `.terminate()`. `env` configures it (e.g.
+    INITIAL_NO_AUTH_ACTION_COUNT=N: after N requests it enforces IAM users and policies)."""
     # Its request log goes to a file: a pipe nobody reads would fill up and stall the server mid-test.
     log = open(Path(tempfile.gettempdir()) / f"tokshard-moto-{port}.log", "w")  # noqa: SIM115 (lives with proc)
     proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
     _wait_for_port(port, proc, log.name)
     return proc
 

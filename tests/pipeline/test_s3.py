@@ -22,7 +22,7 @@ import pytest
 import s3fs
 from aiohttp import web
 
-from tests.conftest import committed_shard_bytes, free_port, run_tokshard, shard_bytes
+from tests.conftest import committed_shard_bytes, free_port, run_tokshard, shard_bytes, start_moto_server
 from tests.local_cluster import wait_for
 from tokshard.pipeline import jobs, storage
 from tokshard.pipeline.manifest import Manifest
@@ -289,3 +289,32 @@ def test_store_failing_mid_run_fails_that_slice_then_the_same_command_finishes(s
     assert ref.returncode == 0
     assert committed_shard_bytes(url) == shard_bytes(local_run.parent / "mb1")
     assert json.loads(run_tokshard("inspect", url, "--json").stdout)["problems"] == []
+
+
+def test_denied_write_is_refused_before_any_task(corpus_dir, small_tokenizer_dir):
+    """A user whose IAM policy may read but not write the bucket (moto enforcing IAM after its first four
+    requests, which create the bucket, the user, its key and its policy): exit 2 before any task."""
+    import boto3
+
+    port = free_port()
+    server = start_moto_server(port, env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"})
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        admin = {"endpoint_url": endpoint, "region_name": "us-east-1", "aws_access_key_id": "admin",
+                 "aws_secret_access_key": "admin"}
+        boto3.client("s3", **admin).create_bucket(Bucket="read-only-bucket")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        iam.put_user_policy(UserName="reader", PolicyName="read-only", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetObject"], "Resource": "*"}]}))
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+               "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        proc = run_tokshard("encode", "--source", str(corpus_dir), "--tokenizer", str(small_tokenizer_dir), "--out",
+                            "s3://read-only-bucket/run", "--workers", "1", "--no-progress", check=False, env=env)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "access denied" in proc.stderr and "Started a local Ray instance" not in proc.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -187,11 +187,15 @@ def open_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     except BaseException:
         # fsspec's __exit__ would *complete* the upload; abort it instead (s3fs: abort the multipart upload).
         with contextlib.suppress(Exception):
-            if hasattr(f, "discard"):
+            if hasattr(f, "discard"):  # s3fs, gcsfs: abort the upload
                 f.discard()
-                f.closed = True  # else the file's __del__ would try to upload what was discarded
-            else:
+                if "memory" in fs.protocol:  # fsspec's memory filesystem lists a file from open(); drop it
+                    fs.rm(inner)
+                else:
+                    f.closed = True  # else the file's __del__ would try to upload what was discarded
+            else:  # a filesystem that can only complete a write: complete it, then delete what it wrote
                 f.close()
+                fs.rm(inner)
         raise
     f.close()
 
@@ -214,7 +218,13 @@ def remove(paths: Iterable[str]) -> int:
     remote = [p for p in paths if is_url(p)]
     if remote:
         fs, _ = filesystem(remote[0])
-        fs.rm([filesystem(p)[1] for p in remote])
+        inner = [filesystem(p)[1] for p in remote]
+        try:
+            fs.rm(inner)  # one batched request on S3 (up to 1,000 keys each)
+        except FileNotFoundError:  # filesystems that refuse to delete what is not there: one at a time
+            for p in inner:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(p)
     return len(paths)
 
 

@@ -419,7 +419,9 @@ def encode(
     for recs in done.values():
         records.extend(recs)
     kept, failed = len(done), 0
-    with ray_session(address, workers):
+    # Nothing left to do (a finished run resumed): no Ray instance to start or join.
+    session = ray_session(address, workers) if len(done) < len(plan.slices) else contextlib.nullcontext()
+    with session:
         # A streaming generator (see encode_slice): progress arrives with the results, no actor needed.
         task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
         progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)

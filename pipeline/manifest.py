@@ -242,32 +242,39 @@ def read_slice_records(out_dir: OutDir, slice_name: str) -> dict[str, Any] | Non
         return None
 
 
-def committed_slices(out_dir: OutDir, slices: dict[str, dict[str, Any]], threads: int = 32
+def committed_slices(out_dir: OutDir, slices: dict[str, dict[str, Any]], threads: int | None = None
                      ) -> dict[str, list[dict[str, Any]]]:
     """The shard records of every slice in `slices` (name -> slice info) that an earlier run committed and whose
-    shards still verify (the cheap check of `verify_shards`), read concurrently: the driver keeps these without
-    submitting a task, so resuming a finished 100,000-slice run costs one listing and a metadata request per
-    object, not 100,000 tasks.
+    shards still verify (the cheap check of `verify_shards`): the driver keeps these without submitting a task,
+    so resuming a finished 100,000-slice run costs one listing and a metadata request per object, not 100,000
+    tasks. On a store the records are read by `threads` threads (default 32; network-bound), locally by one
+    (CPU-bound: threads only contend for the GIL).
 
     Raises ValueError when a source file changed since its slices were committed (its footer fingerprint
     differs): resuming would mix two versions of it."""
     names = {rel.removesuffix(".json") for rel in storage.list_files(storage.join(out_dir, SLICES_DIR))}
     wanted = [n for n in slices if n in names]
+    if threads is None:
+        threads = 32 if storage.is_url(out_dir) else 1
 
-    def check(name: str) -> tuple[str, dict[str, Any] | None, bool]:
+    def check(name: str) -> tuple[str, list[dict[str, Any]] | None, bool]:
+        """(name, its shard records if kept, whether its source file changed); only what is kept stays alive."""
         done = read_slice_records(out_dir, name)
         if done is None:
             return name, None, False
         if done["slice"].get("file_fingerprint") != slices[name].get("file_fingerprint"):
-            return name, done, False
-        return name, done, done["slice"] == slices[name] and not verify_shards(out_dir, done["shards"])
+            return name, None, True
+        keep = done["slice"] == slices[name] and not verify_shards(out_dir, done["shards"])
+        return name, done["shards"] if keep else None, False
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(wanted)))) as pool:
-        results = list(pool.map(check, wanted))
-    changed = sorted({slices[n]["path"] for n, done, _ in results
-                      if done is not None and done["slice"].get("file_fingerprint") != slices[n]["file_fingerprint"]})
+    if threads <= 1:
+        results = [check(n) for n in wanted]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, max(1, len(wanted)))) as pool:
+            results = list(pool.map(check, wanted))
+    changed = sorted({slices[n]["path"] for n, _, file_changed in results if file_changed})
     if changed:
         raise ValueError(f"{len(changed)} source file(s) changed since {out_dir} was written (their parquet footers "
                          f"differ), e.g. {changed[0]}; resuming would mix two versions: choose another --out, or "
                          "delete that directory to start over")
-    return {name: done["shards"] for name, done, ok in results if ok}
+    return {name: shards for name, shards, _ in results if shards is not None}

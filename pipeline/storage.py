@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -55,7 +56,7 @@ def join(base: str | os.PathLike[str], *parts: str) -> str:
     """`base/part/...` for a local path or a URL (pathlib would turn `s3://b` into `s3:/b`)."""
     text = str(base)
     if not is_url(text):
-        return str(Path(text.removeprefix("file://"), *parts))
+        return os.path.join(text.removeprefix("file://"), *parts)
     return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
@@ -86,7 +87,8 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """The whole object/file; FileNotFoundError names it when absent."""
     if not is_url(path):
-        return Path(str(path).removeprefix("file://")).read_bytes()
+        with open(str(path).removeprefix("file://"), "rb") as f:
+            return f.read()
     fs, inner = filesystem(path)
     try:
         return fs.cat_file(inner)
@@ -105,9 +107,9 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if not is_url(path):
         try:
             st = os.stat(str(path).removeprefix("file://"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        if not os.path.isfile(str(path).removeprefix("file://")):
+        if not stat.S_ISREG(st.st_mode):
             return None
         return {"size": st.st_size, "mtime_ns": str(st.st_mtime_ns), "type": "file"}
     fs, inner = filesystem(path)
@@ -133,15 +135,7 @@ def stored_tag(found: dict[str, Any]) -> str:
 def list_files(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Every object/file under `directory` (recursively), by path relative to it, with its info."""
     if not is_url(directory):
-        root = Path(str(directory).removeprefix("file://"))
-        if not root.is_dir():
-            return {}
-        out = {}
-        for p in root.rglob("*"):
-            if p.is_file():
-                st = p.stat()
-                out[p.relative_to(root).as_posix()] = {"size": st.st_size, "mtime_ns": str(st.st_mtime_ns)}
-        return out
+        return _list_local(str(directory).removeprefix("file://"), "")
     fs, inner = filesystem(directory)
     inner = inner.rstrip("/")
     try:
@@ -149,6 +143,22 @@ def list_files(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         return {}
     return {k[len(inner) + 1:]: v for k, v in found.items() if v.get("type") != "directory" and k != inner}
+
+
+def _list_local(root: str, prefix: str) -> dict[str, dict[str, Any]]:
+    """os.scandir, not pathlib: a 100,000-file directory lists in a fraction of the time (no Path per entry)."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            out.update(_list_local(entry.path, f"{prefix}{entry.name}/"))
+        elif entry.is_file():
+            st = entry.stat()
+            out[prefix + entry.name] = {"size": st.st_size, "mtime_ns": str(st.st_mtime_ns)}
+    return out
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:

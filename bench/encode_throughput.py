@@ -3,7 +3,7 @@
 On the same parquet files and the same tokenizer it measures:
   raw riptoken    CoreBPE.encode_ordinary per document, one thread, texts already in memory (the ceiling)
   raw tiktoken    the same with tiktoken (the peers' engine)
-  tokshard        `pipeline.jobs.encode` with --workers N and with 1 worker: parquet read, encode, split, Arrow
+  tokshard        `tokshard.pipeline.jobs.encode` with --workers N and with 1 worker: parquet read, encode, split, Arrow
                   write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold run first)
   nanoGPT-style   bench/nanogpt_style.py: multiprocessing Pool(N) + tiktoken encode_ordinary + numpy uint16 +
                   .bin write, with the same vocabulary (a fresh process, so its workers inherit nothing of ours)

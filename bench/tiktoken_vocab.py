@@ -5,9 +5,9 @@ OpenAI's blob store. The npm package js-tiktoken ships the ranks in `dist/ranks/
 whose "bpe_ranks" string holds lines "NAME OFFSET TOKEN TOKEN ...", each TOKEN base64 bytes whose rank is OFFSET
 plus its position on the line, beside "pat_str" (a JavaScript rewrite of the split regex) and "special_tokens".
 
-The written tokenizer.json is built by `pipeline.tokenizer.build_tokenizer_json` (merges recovered from the ranks,
-`ignore_merges` so a piece that is a token maps to it directly, as tiktoken does), with the file's own special
-tokens and no post-processor (not our `<|bos|>` template). The split regex is tiktoken's original for the known
+The written tokenizer.json is built by `tokshard.pipeline.tokenizer.build_tokenizer_json` (merges recovered from
+the ranks, `ignore_merges` so a piece that is a token maps to it directly, as tiktoken does), with the file's own
+special tokens and no post-processor (not our `<|bos|>` template). The split regex is tiktoken's original for the known
 encodings (gpt2/r50k/p50k: our "gpt2" preset; cl100k_base: "cl100k"; o200k_base: "o200k"), the file's pat_str
 otherwise. `--verify` checks that HF tokenizers on the written file gives the ids of tiktoken over the same ranks
 and regex on real text, and `--js-tiktoken` also runs js-tiktoken itself (node) on the same documents.

@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import eval_report, evaluate, export, jobs, sources, storage
+from tokshard.pipeline import balance, eval_report, evaluate, export, jobs, sources, storage
 from tokshard.pipeline.manifest import MANIFEST, Manifest, unlisted_shards
 from tokshard.pipeline.tokenizer import (
     DEFAULT_PATTERN,
@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_json_only_on_stdout(cmd_train_tokenizer))
     _add_source(p, required=True)
     p.add_argument("--out", required=True, help="tokenizer directory to write")
+    p.add_argument("--balance-by", default=None, metavar="COLUMN", help="draw each value of COLUMN (e.g. language) "
+                   "at a temperature-sampled share of the sample; --source may then join several sources by commas")
+    p.add_argument("--balance-alpha", type=float, default=None, metavar="A",
+                   help="share of a group ~ its bytes^A: 1 = the corpus' proportions, 0 = equal shares "
+                   f"(default {balance.DEFAULT_ALPHA})")
+    p.add_argument("--balance-weights", default=None, metavar="G=W,...", help="multiply groups' shares "
+                   "(0 drops a group)")
     _add_training(p)
     _add_ray(p)
 
@@ -173,6 +180,11 @@ def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-bytes", type=int, default=jobs.DEFAULT_SAMPLE_BYTES, help="--sweep: training sample")
     p.add_argument("--pattern", default=DEFAULT_PATTERN, help="--sweep: split pattern (as train-tokenizer)")
     p.add_argument("--seed", type=int, default=0, help="--sweep: sample seed")
+    p.add_argument("--sweep-alpha", default=None, metavar="A,...", help="instead train the one --sweep size once per "
+                   "alpha, balanced by --balance-by (e.g. 1,0.5,0.3,0; into OUT/sweep-alpha/alpha-A): the premium "
+                   "trade-off curve")
+    p.add_argument("--balance-by", default=None, metavar="COLUMN", help="--sweep-alpha: the groups to balance")
+    p.add_argument("--balance-weights", default=None, metavar="G=W,...", help="--sweep-alpha: as train-tokenizer")
     _add_ray(p)
 
 
@@ -190,8 +202,8 @@ def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
         group_by=args.group_by, group_regex=args.group_regex, parallel_key=args.parallel_key,
         reference=args.reference, limit_docs=args.limit_docs, max_bytes=args.max_bytes, repeats=args.repeats,
         sweep=args.sweep, train_source=args.train_source, sample_bytes=args.sample_bytes, pattern=args.pattern,
-        seed=args.seed, address=args.address, workers=args.workers, force=args.force,
-        log=lambda line: print(line, file=sys.stderr))
+        seed=args.seed, address=args.address, workers=args.workers, force=args.force, sweep_alpha=args.sweep_alpha,
+        balance_by=args.balance_by, balance_weights=args.balance_weights, log=lambda line: print(line, file=sys.stderr))
     _print(args, report, eval_report.summary_lines(report, args.out))
     return 0
 
@@ -252,15 +264,21 @@ def _train_lines(s: dict[str, Any]) -> list[str]:
                 f"  tokenizer.json sha256 {s['sha256']}"]
     return [f"trained a {s['vocab_size']:,}-token tokenizer on {s['sample_documents']:,} documents "
             f"({s['sample_bytes'] / 1e6:,.1f} MB) in {s['seconds']:.1f} s -> {s['tokenizer']}",
-            f"  tokenizer.json sha256 {s['sha256']}"]
+            f"  tokenizer.json sha256 {s['sha256']}",
+            *(balance.summary_lines(s["balance"]) if "balance" in s else [])]
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
     storage.check_writable(args.out)  # before any task: a bad bucket/endpoint/credentials is exit 2 at once
+    if args.balance_by is None and (args.balance_alpha is not None or args.balance_weights):
+        raise ValueError("--balance-alpha and --balance-weights need --balance-by COLUMN")
+    alpha = balance.DEFAULT_ALPHA if args.balance_alpha is None else args.balance_alpha
     result = jobs.train_tokenizer(args.source, args.out, vocab_size=args.vocab_size, sample_bytes=args.sample_bytes,
                                   pattern=args.pattern, seed=args.seed, text_column=args.text_column,
                                   id_column=args.id_column, address=args.address, workers=args.workers,
-                                  superbpe_transition=args.superbpe_transition)
+                                  superbpe_transition=args.superbpe_transition, balance_by=args.balance_by,
+                                  balance_alpha=alpha,
+                                  balance_weights=balance.parse_weights(args.balance_weights))
     _print(args, result.summary(), _train_lines(result.summary()))
     return 0
 
@@ -340,6 +358,8 @@ def _inspect_tokenizer(path: str) -> tuple[dict[str, Any], list[str], list[str]]
         t = meta["training"]
         lines.append(f"  trained on {t.get('sample_documents', '?'):,} docs / {t.get('sample_bytes', 0) / 1e6:,.1f} MB "
                      f"of {t.get('source')} in {t.get('seconds', '?')} s")
+        if t.get("balance"):
+            lines += ["  " + line for line in balance.summary_lines(t["balance"])]
     return summary, lines, problems
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import atomic, premium
 
 FORMAT = "tokshard-tokenizer-eval/1"
 REPORT_JSON = "report.json"
-PLOTS = ("bytes_per_token.png", "premium.png", "sweep.png")
+PLOTS = ("bytes_per_token.png", "premium.png", "sweep.png", premium.PLOT)
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, list[Any]]:
@@ -82,6 +82,7 @@ def plot_report(report: dict[str, Any]) -> dict[str, bytes]:
         plots["premium.png"] = _png(fig)
     if "sweep" in report:
         plots["sweep.png"] = _plot_sweep(report)
+    plots.update(premium.plot(report, _figure, _png))  # worst/mean premium vs bytes/token, the alpha sweep
     return plots
 
 
@@ -153,6 +154,7 @@ def summary_lines(report: dict[str, Any], out: str | os.PathLike[str]) -> list[s
     lines += _group_rows(report)
     if "sweep" in report:
         lines += _sweep_rows(report["sweep"])
+    lines += premium.summary_lines(report)
     lines.append(f"-> {Path(out) / REPORT_JSON} (+ {', '.join(report['plots'])})")
     return lines
 

@@ -3,7 +3,8 @@
 A tokenizer is chosen by how well it compresses the text it will see and how evenly it treats the languages and
 domains in that text. This module reads an evaluation text from any SRC (only the columns it needs), encodes it
 with every tokenizer given -- a tokshard directory (encoded by our engine) or any HF `tokenizer.json` (a
-downloaded GPT-2 or Llama one beside ours) -- and writes REPORTDIR/report.json plus PNG plots.
+downloaded GPT-2 or Llama one beside ours; tokenizer_adapters.py) -- and measures; `run` then has eval_report.py
+write REPORTDIR/report.json plus PNG plots.
 
 Definitions (also written into every report, under "definitions"):
 - bytes/token: UTF-8 bytes of the text / tokens. No special tokens are added (ours: `encode_ordinary`; a
@@ -13,7 +14,7 @@ Definitions (also written into every report, under "definitions"):
   that of spaced scripts; compare tokenizers within a group instead.
 - tokens/word: the mean over words of the number of tokens whose byte span overlaps the word's byte span (a
   token covering " hello" counts for "hello"; one token spanning two words counts for both; tokens made only
-  of whitespace never count, see `count`). The >=3-token fraction is the share of words that overlap 3 or more
+  of whitespace never count, see `_word_overlaps`). The >=3-token fraction is the share of words that overlap 3 or more
   tokens. Spans: ours by the cumulative byte lengths of the ids (`token_bytes`, exact); a tokenizer.json's
   as tokenizer_adapters.py describes.
 - vocabulary used: distinct non-special ids in the encoded text / non-special vocabulary size.
@@ -56,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import regex
 
-from tokshard.pipeline import eval_report, jobs, sources
+from tokshard.pipeline import eval_report, jobs, premium, sources
 from tokshard.pipeline.tokenizer import DEFAULT_PATTERN, METADATA_JSON, SPECIAL_TOKENS, Tokenizer, resolve_pattern
 from tokshard.pipeline.tokenizer_adapters import (
     Encoded,
@@ -595,13 +596,17 @@ def run(tokenizer_paths: Sequence[str], out: str | os.PathLike[str], *, source: 
         repeats: int = DEFAULT_REPEATS, sweep: str | None = None, train_source: str | None = None,
         sample_bytes: int = jobs.DEFAULT_SAMPLE_BYTES, pattern: str = DEFAULT_PATTERN, seed: int = 0,
         address: str | None = None, workers: int | None = None, force: bool = False,
+        sweep_alpha: str | None = None, balance_by: str | None = None, balance_weights: str | None = None,
         log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """`tokshard eval-tokenizer`: evaluate the tokenizers (and a sweep's), write REPORTDIR; returns the report."""
+    """`tokshard eval-tokenizer`: evaluate the tokenizers (and a sweep's), write REPORTDIR; returns the report.
+    With `sweep_alpha` the one `sweep` size is trained once per alpha, balanced by `balance_by` (premium.py)."""
     out = Path(out)
+    train_source = train_source if train_source is not None else source
+    alpha_settings = None if sweep_alpha is None else premium.sweep_settings(
+        sweep_alpha, sweep, balance_by, balance_weights, train_source, sample_bytes, pattern, seed, parse_sizes)
     _check_options(tokenizer_paths, sweep, group_by, parallel_key, reference)
     toks = [load_tokenizer(p) for p in tokenizer_paths]
-    sizes = parse_sizes(sweep) if sweep else []
-    train_source = train_source if train_source is not None else source
+    sizes = parse_sizes(sweep) if sweep and alpha_settings is None else []
     sweep_settings = None
     if sizes:
         sweep_settings = {"sizes": sizes, "train_source": train_source or "bundled-sample", "sample_bytes":
@@ -609,7 +614,8 @@ def run(tokenizer_paths: Sequence[str], out: str | os.PathLike[str], *, source: 
     settings = {"tokenizers": [t.sha256 for t in toks], "source": source or "bundled-sample",
                 "files": sources.resolve_files(source), "text_column": text_column, "group_by": group_by,
                 "group_regex": group_regex, "parallel_key": parallel_key, "reference": reference,
-                "limit_docs": limit_docs, "max_bytes": max_bytes, "sweep": sweep_settings}
+                "limit_docs": limit_docs, "max_bytes": max_bytes, "sweep": sweep_settings,
+                **({"sweep_alpha": alpha_settings} if alpha_settings else {})}
     eval_report.check_out_dir(out, settings, force)
     text = read_eval_text(source, text_column, group_by, group_regex, parallel_key, limit_docs, max_bytes)
     if reference is not None and reference not in set(text.groups or []):
@@ -621,6 +627,11 @@ def run(tokenizer_paths: Sequence[str], out: str | os.PathLike[str], *, source: 
                                  text_column=text_column, id_column=id_column, address=address, workers=workers,
                                  log=log)
         toks += [load_tokenizer(sweep_dir(out, s)) for s in sizes]
+    alpha_sweep = None
+    if alpha_settings is not None:
+        alpha_sweep = premium.train_alpha_sweep(alpha_settings, out, text_column=text_column, id_column=id_column,
+                                                address=address, workers=workers, log=log)
+        toks += [load_tokenizer(d) for d in alpha_sweep["dirs"]]
     unique_names(toks)
     report: dict[str, Any] = {
         "format": eval_report.FORMAT,
@@ -637,5 +648,6 @@ def run(tokenizer_paths: Sequence[str], out: str | os.PathLike[str], *, source: 
         sweep_info["in_sample"] = (sweep_info["train_source"] == report["source"]["source"])
         sweep_info["points"] = _sweep_points(report, out, sizes)
         report["sweep"] = sweep_info
+    premium.add_to_report(report, out, alpha_sweep)
     eval_report.write_report(out, report)
     return report

@@ -11,14 +11,14 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokshard.pipeline import atomic, sources, storage, superbpe
+from tokshard.pipeline import atomic, balance, hf_folder, sources, storage, superbpe
 from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
@@ -98,34 +98,28 @@ def _sample_slice(piece: sources.Slice, fraction: float, seed: int, text_column:
     return out
 
 
-def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int,
-               superbpe_stage2: tuple[int, str] | None = None) -> dict[str, Any]:
-    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. With
-    `superbpe_stage2` = (transition, stage-2 regex), rustbpe stops at `transition` BPE tokens and
-    `superbpe.train_stage2` continues on the same texts up to `vocab_size` (one core, pipeline/superbpe.py)."""
+def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
+    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. Returns the
+    ranks, and how many documents of each sample ref it used (SuperBPE's stage 2 trains on the same ones)."""
     import ray
     import rustbpe
 
     texts: list[str] = []
     used = 0
+    used_per_ref: list[int] = []
     for ref in samples:  # refs in plan order, so the capped sample is the same on every run
+        before = len(texts)
         for text in ray.get(ref):
             if used >= sample_bytes:
                 break
             texts.append(text)
             used += len(text.encode("utf-8", "surrogatepass"))
+        used_per_ref.append(len(texts) - before)
     bpe = rustbpe.Tokenizer()
     t0 = time.time()
-    stage1_size = superbpe_stage2[0] if superbpe_stage2 else vocab_size
-    bpe.train_from_iterator(iter(texts), vocab_size=stage1_size, pattern=pattern)
-    ranks = dict(bpe.get_mergeable_ranks())
-    out: dict[str, Any] = {"documents": len(texts), "bytes": used}
-    if superbpe_stage2 and len(ranks) == stage1_size:  # else too little text: the caller reports the shortfall
-        stage1_seconds = time.time() - t0
-        ranks, stats = superbpe.train_stage2(texts, ranks, superbpe_stage2[1], vocab_size)
-        out["superbpe"] = {"stage1_merges": stage1_size - 256, "stage1_seconds": round(stage1_seconds, 3), **stats}
-    out["ranks"] = list(ranks.items())
-    return out
+    bpe.train_from_iterator(iter(texts), vocab_size=vocab_size, pattern=pattern)
+    return {"documents": len(texts), "bytes": used, "used_per_ref": used_per_ref, "seconds": time.time() - t0,
+            "ranks": list(bpe.get_mergeable_ranks())}
 
 
 @dataclass
@@ -137,11 +131,15 @@ class TrainResult:
     seconds: float
     sha256: str
     reused: bool = False  # an earlier run's tokenizer, trained with the same settings
+    balance: dict[str, Any] | None = None  # the groups' shares of a balanced sample (pipeline/balance.py)
 
     def summary(self) -> dict[str, Any]:
-        return {"tokenizer": str(self.tokenizer_dir), "vocab_size": self.vocab_size,
-                "sample_documents": self.sample_documents, "sample_bytes": self.sample_bytes,
-                "seconds": round(self.seconds, 2), "sha256": self.sha256, "reused": self.reused}
+        out = {"tokenizer": str(self.tokenizer_dir), "vocab_size": self.vocab_size,
+               "sample_documents": self.sample_documents, "sample_bytes": self.sample_bytes,
+               "seconds": round(self.seconds, 2), "sha256": self.sha256, "reused": self.reused}
+        if self.balance is not None:
+            out["balance"] = self.balance
+        return out
 
 
 def reusable_tokenizer(tokenizer_dir: str | os.PathLike[str], source: str | None, *, vocab_size: int,
@@ -161,6 +159,8 @@ def reusable_tokenizer(tokenizer_dir: str | os.PathLike[str], source: str | None
     if any(t.get(k) != v for k, v in wanted.items()):
         return None
     if (t.get("superbpe") or {}).get("transition") != superbpe_transition:
+        return None
+    if t.get("balance") is not None:  # `run` trains on the uniform sample
         return None
     return TrainResult(tokenizer_dir, tok.vocab_size, t.get("sample_documents", 0), t.get("sample_bytes", 0), 0.0,
                        tok.sha256, reused=True)
@@ -185,10 +185,15 @@ def train_tokenizer(
     address: str | None = None,
     workers: int | None = None,
     superbpe_transition: int | None = None,
+    balance_by: str | None = None,
+    balance_alpha: float = balance.DEFAULT_ALPHA,
+    balance_weights: dict[str, float] | None = None,
 ) -> TrainResult:
     """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory.
     With `superbpe_transition` T, ordinary merges stop at a T-token vocabulary (special tokens included, like
-    `vocab_size`) and SuperBPE's stage 2 learns the rest (pipeline/superbpe.py)."""
+    `vocab_size`) and SuperBPE's stage 2 learns the rest (pipeline/superbpe.py). With `balance_by` COLUMN each
+    group's share of the sample is drawn by temperature sampling (pipeline/balance.py); `source` may then name
+    several sources joined by commas."""
     import ray
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
@@ -202,20 +207,34 @@ def train_tokenizer(
                              f"--vocab-size - 1 ({vocab_size - 1:,}), got {superbpe_transition:,}; the paper found "
                              "80-90% of the vocabulary best")
         stage2 = (superbpe_transition - len(SPECIAL_TOKENS), superbpe.stage2_pattern(pattern_name))
+    if balance_by is not None:
+        balance.check_alpha(balance_alpha)
     t0 = time.time()
-    files = sources.resolve_files(source)
+    files = balance.resolve_sources(source) if balance_by is not None else sources.resolve_files(source)
     plan = sources.plan_slices(files, text_column)
     if plan.problems:
         raise sources.SourceError("cannot sample the source for training: " + "; ".join(plan.problems))
     slices = plan.slices
     total = sum(s.text_bytes_estimate for s in slices)
     fraction = min(1.0, sample_bytes / max(total, 1))
+    balance_record: dict[str, Any] | None = None
     with ray_session(address, workers):
-        sample_task = ray.remote(num_cpus=1, max_retries=3)(_sample_slice)
-        refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
+        if balance_by is None:
+            sample_task = ray.remote(num_cpus=1, max_retries=3)(_sample_slice)
+            refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
+            cap = sample_bytes
+        else:
+            refs, record_balance = _balanced_sample(slices, sample_bytes, seed, text_column, id_column,
+                                                    balance_by, balance_alpha, balance_weights or {})
+            cap = 1 << 62  # the rates size the sample; a byte cap would cut off the groups sampled last
         train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
         # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
-        trained = ray.get(train_task.remote(refs, vocab_size - len(SPECIAL_TOKENS), regex, sample_bytes, stage2))
+        stage1_size = stage2[0] if stage2 else vocab_size - len(SPECIAL_TOKENS)
+        trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
+        if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
+            _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS))
+        if balance_by is not None:
+            balance_record = record_balance()
     n_docs, n_bytes = trained["documents"], trained["bytes"]
     reached = len(trained["ranks"]) + len(SPECIAL_TOKENS)
     if reached < vocab_size:
@@ -232,12 +251,44 @@ def train_tokenizer(
                 "seed": seed, "text_column": text_column, "id_column": id_column, "trainer": "rustbpe",
                 "seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if balance_record is not None:
+        training["balance"] = balance_record
     if stage2 is not None:
         training["trainer"] = "rustbpe + superbpe stage 2"
         training["superbpe"] = {"transition": superbpe_transition, "stage1_pattern": regex,
                                 "stage2_pattern": stage2[1], **trained["superbpe"]}
     out_dir = tok.save(out, training=training)
-    return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256)
+    return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256, balance=balance_record)
+
+
+def _continue_superbpe(trained: dict[str, Any], refs: list[Any], stage2: tuple[int, str], n_tokens: int) -> None:
+    """SuperBPE's stage 2 on the documents stage 1 used, its pieces sharded over one Ray actor per CPU
+    (pipeline/superbpe.py); replaces `trained`'s ranks and adds its record."""
+    import ray
+
+    ranks, stats = superbpe.train_stage2_ray(refs, trained["used_per_ref"], dict(trained["ranks"]), stage2[1],
+                                             n_tokens, shards=int(ray.cluster_resources().get("CPU", 1)))
+    trained["ranks"] = list(ranks.items())
+    trained["superbpe"] = {"stage1_merges": stage2[0] - 256, "stage1_seconds": round(trained["seconds"], 3), **stats}
+
+
+def _balanced_sample(slices: list[sources.Slice], sample_bytes: int, seed: int, text_column: str, id_column: str,
+                     balance_by: str, alpha: float, weights: dict[str, float]
+                     ) -> tuple[list[Any], Callable[[], dict[str, Any]]]:
+    """Measure the groups, then submit the balanced draws (pipeline/balance.py): the texts' refs, and a function
+    that returns the balance record once the draws are done."""
+    import ray
+
+    balance.check_column(sorted({s.path for s in slices}), balance_by)
+    measure = ray.remote(num_cpus=1, max_retries=3)(balance.measure_slice)
+    sizes = balance.merge_counts(ray.get([measure.remote(s, text_column, balance_by, MAX_SAMPLE_DOC_CHARS)
+                                          for s in slices]))
+    shares = balance.target_shares(sizes, alpha, weights)
+    rates = balance.sampling_rates(sizes, shares, sample_bytes)
+    draw = ray.remote(num_cpus=1, max_retries=3, num_returns=2)(balance.sample_slice)
+    pairs = [draw.remote(s, rates, seed, text_column, id_column, balance_by, MAX_SAMPLE_DOC_CHARS) for s in slices]
+    return [texts for texts, _ in pairs], lambda: balance.record(
+        balance_by, alpha, weights, sizes, shares, rates, balance.merge_counts(ray.get([d for _, d in pairs])))
 
 
 # -- encoding ---------------------------------------------------------------------------------------------
@@ -494,9 +545,9 @@ def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
 def copy_tokenizer(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     """Copy a tokenizer directory (local or URL) file by file (atomically each), so OUT/tokenizer is
     byte-identical to SRC."""
-    from tokshard.pipeline.tokenizer import TOKENIZER_FILES
+    from tokshard.pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
 
-    for name in TOKENIZER_FILES:
+    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON):
         if storage.exists(storage.join(src, name)):
             storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(src, name)))
 

@@ -20,6 +20,11 @@ with tiktoken's own rule (repeatedly merge the adjacent pair whose concatenation
 segmentation it counts is at every step exactly what the final encoder produces; in particular no adjacent pair
 ever concatenates to a token that already exists, so no candidate is a duplicate (counted in `skipped_existing`,
 expected 0). Ties between equally frequent pairs go to the smaller (left id, right id): runs are reproducible.
+
+Stage 2 sees the same sample as stage 1. The pieces are split among shards (`Stage2Shard`, Ray actors in the
+training job, one per CPU): each splits and encodes its share of the texts and re-encodes its own pieces after
+each merge; the driver sums their count changes and picks the next merge (`merge_loop`). Pieces do not interact,
+so the result does not depend on the number of shards (tests check it), and time and memory divide by it.
 """
 
 from __future__ import annotations
@@ -28,14 +33,10 @@ import heapq
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 MAX_WORDS = 4
-# Stage 2 runs in one Python process and holds every distinct stage-2 piece (nearly every clause is distinct):
-# 16 MB of text took 53 CPU-s and 1.1 GB RSS. Above this much text it trains on an evenly spaced subset of the
-# sample's documents, so time and memory stay bounded whatever --sample-bytes is (stage 1 still sees it all).
-STAGE2_MAX_BYTES = 32 << 20
 SENTENCE_END = ".!?;:"
 
 # Digits as in each stage-1 preset, so numbers split the same way in both stages.
@@ -90,11 +91,16 @@ class _Stage2:
         self.ends_in = [e for _, _, e in shapes]
         self.max_words = max_words
         self.pair_count: dict[tuple[int, int], int] = {}
-        self.where: dict[tuple[int, int], set[int]] = {}
+        # pair -> the pieces it was counted in (a list: ~4x smaller than small sets; repeats and pieces that no
+        # longer hold the pair are skipped by `merge`)
+        self.where: dict[tuple[int, int], list[int]] = {}
         self.words: list[list[int]] = []
         self.freq: list[int] = []
+        self._ints = list(range(len(ranks)))
 
     def add_word(self, ids: list[int], freq: int) -> None:
+        # one int object per stage-1 id, shared by every piece (tiktoken returns fresh ones: 28 bytes each)
+        ids = list(map(self._ints.__getitem__, ids))
         self.words.append(ids)
         self.freq.append(freq)
         self._count(len(self.words) - 1, ids, freq)
@@ -110,9 +116,9 @@ class _Stage2:
             counts[pair] = counts.get(pair, 0) + delta
             if delta > 0:
                 if pair in where:
-                    where[pair].add(w)
+                    where[pair].append(w)
                 else:
-                    where[pair] = {w}
+                    where[pair] = [w]
 
     def encode(self, ids: list[int], new: int) -> list[int]:
         """tiktoken's rule continued from `ids` after token `new` (the highest rank) was added: merge the adjacent
@@ -149,9 +155,9 @@ class _Stage2:
             parts[best : best + 2] = [best_rank]
         return parts
 
-    def merge(self, pair: tuple[int, int]) -> list[tuple[int, int]]:
-        """Add the token pair[0]+pair[1] and re-encode every piece holding a pair with those bytes; return the
-        pairs around the changes (their counts may have grown: they need fresh heap entries)."""
+    def merge(self, pair: tuple[int, int]) -> None:
+        """Add the token pair[0]+pair[1] and re-encode every piece holding a pair with those bytes; `pair_count`
+        gets the changes."""
         data = self.token[pair[0]] + self.token[pair[1]]
         new = len(self.token)
         self.rank[data] = new
@@ -165,8 +171,7 @@ class _Stage2:
                   if data[:k] in self.rank and data[k:] in self.rank]
         touched: set[int] = set()
         for p in splits:
-            touched |= self.where.pop(p, set())
-        grown: set[tuple[int, int]] = set()
+            touched.update(self.where.pop(p, ()))
         for word in touched:
             old = self.words[word]
             ids = self.encode(old, new)
@@ -183,16 +188,14 @@ class _Stage2:
             before, after = old[lo : len(old) - hi + 1], ids[lo : len(ids) - hi + 1]
             self._count(word, before, -self.freq[word])
             self._count(word, after, self.freq[word])
-            grown.update(itertools.pairwise(after))
             self.words[word] = ids
-        for p in splits:
-            self.pair_count.pop(p, None)
-        return sorted(grown)
 
 
-def stage2_subset(texts: list[str], max_bytes: int = STAGE2_MAX_BYTES) -> list[str]:
-    """Every k-th text, with k chosen so the subset holds about `max_bytes` of UTF-8 (all of them when they fit):
-    evenly spaced, so a sample drawn file by file is still covered end to end. Deterministic."""
+def stage2_subset(texts: list[str], max_bytes: int | None = None) -> list[str]:
+    """Every k-th text, with k chosen so the subset holds about `max_bytes` of UTF-8 (all of them when they fit or
+    `max_bytes` is None): evenly spaced, so a sample drawn file by file is still covered end to end. Deterministic."""
+    if max_bytes is None:
+        return texts
     sizes = [len(t.encode("utf-8", "surrogatepass")) for t in texts]
     total = sum(sizes)
     if total <= max_bytes:
@@ -201,46 +204,170 @@ def stage2_subset(texts: list[str], max_bytes: int = STAGE2_MAX_BYTES) -> list[s
     return texts[::step]
 
 
-def train_stage2(texts: list[str], ranks: dict[bytes, int], pattern: str, n_tokens: int,
-                 max_words: int = MAX_WORDS, max_bytes: int = STAGE2_MAX_BYTES
-                 ) -> tuple[dict[bytes, int], dict[str, Any]]:
-    """Continue the stage-1 `ranks` with stage-2 merges over `texts` (at most about `max_bytes` of them, see
-    `stage2_subset`) pre-split by `pattern` until the vocabulary has `n_tokens` BPE tokens (or no pair is left: the
-    caller checks the size). Returns (ranks, statistics)."""
-    import tiktoken
+class Stage2Shard:
+    """One share of the stage-2 pieces and their exact segmentations; runs in-process or as a Ray actor.
 
-    t0 = time.process_time()
-    texts = stage2_subset(list(texts), max_bytes)
-    pieces = split_pieces(texts, pattern)
-    stage1 = tiktoken.Encoding(name="superbpe-stage1", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
-    state = _Stage2(ranks, max_words)
-    for piece, freq in pieces.items():
-        ids = stage1._encode_single_piece(piece.encode("utf-8", "surrogatepass"))
-        if len(ids) > 1:
-            state.add_word(ids, freq)
-    heap = [(-c, p) for p, c in state.pair_count.items() if c > 0]
+    The merge loop (`merge_loop`) holds the global pair counts and picks each merge; every shard re-encodes its own
+    pieces and answers with the change of its pair counts. Pieces are independent of each other, so any split of
+    the texts into shards gives the counts one process would have: the same merges in the same order, on as many
+    cores (or nodes) as there are shards, with the pieces' memory spread over them."""
+
+    def __init__(self, ranks: dict[bytes, int], pattern: str, max_words: int = MAX_WORDS) -> None:
+        self.pattern = pattern
+        self.state = _Stage2(ranks, max_words)
+        self.pieces: Counter[str] = Counter()
+        self.documents = 0
+        self.bytes = 0
+
+    def add_texts(self, texts: list[str]) -> None:
+        """Split `texts` into stage-2 pieces and count them (encoded once all texts are in: `take_counts`)."""
+        self.pieces.update(split_pieces(texts, self.pattern))
+        self.documents += len(texts)
+        self.bytes += sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+
+    def add_refs(self, refs: list[Any], limits: list[int], index: int, shards: int) -> None:
+        """`add_texts` on this shard's share of the sample: of the first limits[i] texts of each Ray object refs[i]
+        (a sample slice's documents), every `shards`-th from `index`, so shards get equal shares of every slice."""
+        import ray
+
+        for ref, limit in zip(refs, limits, strict=True):
+            if limit:
+                self.add_texts(ray.get(ref)[:limit][index::shards])
+
+    def _encode_pending(self) -> None:
+        import tiktoken
+
+        stage1 = tiktoken.Encoding(name="superbpe-stage1", pat_str=self.pattern, mergeable_ranks=self.state.rank,
+                                   special_tokens={})
+        for piece, freq in self.pieces.items():
+            ids = stage1._encode_single_piece(piece.encode("utf-8", "surrogatepass"))
+            if len(ids) > 1:
+                self.state.add_word(ids, freq)
+        self.unique_pieces = len(self.pieces)
+        self.pieces = Counter()
+
+    def take_counts(self) -> dict[tuple[int, int], int]:
+        """The change of this shard's pair counts since the last call (the first call: all of them)."""
+        if self.pieces:
+            self._encode_pending()
+        counts = self.state.pair_count
+        self.state.pair_count = {}
+        return {p: c for p, c in counts.items() if c}
+
+    def merge(self, pair: tuple[int, int]) -> dict[tuple[int, int], int]:
+        self.state.merge(pair)
+        return self.take_counts()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this process: an actor's own work (on a shared machine, wall time says little)."""
+        return time.process_time()
+
+    def stats(self) -> dict[str, int]:
+        return {"documents": self.documents, "bytes": self.bytes, "unique_pieces": getattr(self, "unique_pieces", 0),
+                "pieces_trained": len(self.state.words)}
+
+
+def merge_loop(ranks: dict[bytes, int], counts: dict[tuple[int, int], int], n_tokens: int,
+               merge_all: Callable[[tuple[int, int]], list[dict[tuple[int, int], int]]]) -> tuple[list[bytes], int]:
+    """Merge the most frequent pair (ties: the smaller (left id, right id)) until `n_tokens` tokens or no pair is
+    left; `merge_all(pair)` applies a merge in every shard and returns their count changes. Returns the tokens in
+    rank order and how many candidates already were tokens (0: see the module docstring)."""
+    token: list[bytes] = [b""] * len(ranks)
+    for tok, r in ranks.items():
+        token[r] = tok
+    rank = dict(ranks)
+    heap = [(-c, p) for p, c in counts.items() if c > 0]
     heapq.heapify(heap)
-    split_s = time.process_time() - t0
     skipped = 0
-    while len(state.token) < n_tokens and heap:
+    while len(token) < n_tokens and heap:
         neg, pair = heapq.heappop(heap)
-        count = state.pair_count.get(pair, 0)
+        count = counts.get(pair, 0)
         if count <= 0:
             continue
         if count != -neg:  # stale entry: the pair's count fell since it was pushed
             heapq.heappush(heap, (-count, pair))
             continue
-        if state.token[pair[0]] + state.token[pair[1]] in state.rank:  # cannot happen (see module docstring)
+        data = token[pair[0]] + token[pair[1]]
+        if data in rank:  # cannot happen (see module docstring)
             skipped += 1
-            state.pair_count.pop(pair)
+            counts.pop(pair)
             continue
-        for p in state.merge(pair):
-            if state.pair_count.get(p, 0) > 0:
-                heapq.heappush(heap, (-state.pair_count[p], p))
-    out = {tok: r for r, tok in enumerate(state.token)}
-    stats = {"stage2_merges": len(state.token) - len(ranks), "skipped_existing": skipped,
-             "stage2_documents": len(texts),
-             "stage2_bytes": sum(len(t.encode("utf-8", "surrogatepass")) for t in texts),
-             "unique_pieces": len(pieces), "pieces_trained": len(state.words), "max_words": max_words,
-             "split_seconds": round(split_s, 3), "seconds": round(time.process_time() - t0, 3)}
-    return out, stats
+        rank[data] = len(token)
+        token.append(data)
+        grown: set[tuple[int, int]] = set()
+        for deltas in merge_all(pair):
+            for p, d in deltas.items():
+                counts[p] = counts.get(p, 0) + d
+                if d > 0:
+                    grown.add(p)
+        # every split of the new token's bytes is gone from every piece (tiktoken merged them all)
+        for k in range(1, len(data)):
+            if data[:k] in rank and data[k:] in rank:
+                counts.pop((rank[data[:k]], rank[data[k:]]), None)
+        for p in sorted(grown):
+            if counts.get(p, 0) > 0:
+                heapq.heappush(heap, (-counts[p], p))
+    return token, skipped
+
+
+def _stats(shard_stats: list[dict[str, int]], n_stage1: int, tokens: list[bytes], skipped: int, max_words: int,
+           t0: float, split_s: float, cpu: str) -> dict[str, Any]:
+    total = {k: sum(s[k] for s in shard_stats) for k in shard_stats[0]}
+    return {"stage2_merges": len(tokens) - n_stage1, "skipped_existing": skipped,
+            "stage2_documents": total["documents"], "stage2_bytes": total["bytes"],
+            "unique_pieces": total["unique_pieces"], "pieces_trained": total["pieces_trained"],
+            "max_words": max_words, "shards": len(shard_stats), f"split_{cpu}seconds": round(split_s, 3),
+            f"{cpu}seconds": round(time.perf_counter() - t0 if cpu == "wall_" else time.process_time() - t0, 3)}
+
+
+def train_stage2(texts: list[str], ranks: dict[bytes, int], pattern: str, n_tokens: int,
+                 max_words: int = MAX_WORDS, max_bytes: int | None = None, shards: int = 1
+                 ) -> tuple[dict[bytes, int], dict[str, Any]]:
+    """Continue the stage-1 `ranks` with stage-2 merges over `texts` (an evenly spaced subset of about `max_bytes`
+    when given, see `stage2_subset`) pre-split by `pattern` until the vocabulary has `n_tokens` BPE tokens (or no
+    pair is left: the caller checks the size), in this process. `shards` > 1 splits the pieces as the Ray version
+    does (same result; for tests). Returns (ranks, statistics)."""
+    t0 = time.process_time()
+    texts = stage2_subset(list(texts), max_bytes)
+    parts = [Stage2Shard(ranks, pattern, max_words) for _ in range(shards)]
+    for i, shard in enumerate(parts):
+        shard.add_texts(texts[i::shards])
+    counts: dict[tuple[int, int], int] = {}
+    for shard in parts:
+        for p, c in shard.take_counts().items():
+            counts[p] = counts.get(p, 0) + c
+    split_s = time.process_time() - t0
+    tokens, skipped = merge_loop(ranks, counts, n_tokens, lambda pair: [s.merge(pair) for s in parts])
+    out = {tok: r for r, tok in enumerate(tokens)}
+    return out, _stats([s.stats() for s in parts], len(ranks), tokens, skipped, max_words, t0, split_s, "")
+
+
+def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int], pattern: str, n_tokens: int,
+                     shards: int, max_words: int = MAX_WORDS) -> tuple[dict[bytes, int], dict[str, Any]]:
+    """`train_stage2` over Ray actors: shard i splits and encodes every `shards`-th document from i of the first
+    limits[j] of each ref j (the sample stage 1 trained on), the caller's process runs `merge_loop`. One round trip
+    to every shard per merge."""
+    import ray
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    shards = max(1, min(shards, sum(limits)))
+    actor = ray.remote(num_cpus=1, max_restarts=0)(Stage2Shard)
+    parts = [actor.remote(ranks, pattern, max_words) for _ in range(shards)]
+    ray.get([a.add_refs.remote(refs, limits, i, shards) for i, a in enumerate(parts)])
+    counts: dict[tuple[int, int], int] = {}
+    for part in ray.get([a.take_counts.remote() for a in parts]):
+        for p, c in part.items():
+            counts[p] = counts.get(p, 0) + c
+    split_s = time.perf_counter() - t0
+    try:
+        tokens, skipped = merge_loop(ranks, counts, n_tokens,
+                                     lambda pair: ray.get([a.merge.remote(pair) for a in parts]))
+        shard_stats = ray.get([a.stats.remote() for a in parts])
+        shard_cpu = ray.get([a.cpu_seconds.remote() for a in parts])
+    finally:
+        for a in parts:
+            ray.kill(a)
+    out = {tok: r for r, tok in enumerate(tokens)}
+    return out, {**_stats(shard_stats, len(ranks), tokens, skipped, max_words, t0, split_s, "wall_"),
+                 "shard_cpu_seconds": [round(c, 1) for c in shard_cpu],
+                 "driver_cpu_seconds": round(time.process_time() - cpu0, 1)}

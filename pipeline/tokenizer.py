@@ -11,6 +11,7 @@ A tokenizer directory holds:
     tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
     tokshard.json      metadata: vocab size, pattern, special tokens, sha256 of tokenizer.json, training record
     token_bytes.npy    int32[vocab_size]: UTF-8 byte length of each id, 0 for special tokens
+    tokenizer_config.json, special_tokens_map.json   for transformers' AutoTokenizer (pipeline/hf_folder.py)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic, storage
+from tokshard.pipeline import atomic, hf_folder, storage
 
 # Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {
@@ -61,7 +62,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (BOS, "<|pad|>", *(f"<|reserved_{i}|>" for i i
 TOKENIZER_JSON = "tokenizer.json"
 METADATA_JSON = "tokshard.json"
 TOKEN_BYTES_NPY = "token_bytes.npy"
-TOKENIZER_FILES = (TOKENIZER_JSON, TOKEN_BYTES_NPY, METADATA_JSON)  # the order they are written in
+# Every file of a tokenizer directory, in the order they are written (tokshard.json, which vouches for the rest, last).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON)
 METADATA_FORMAT = "tokshard-tokenizer/1"
 
 # riptoken gives ids identical to tiktoken/HF on pre-split pieces shorter than 500 UTF-8 bytes and may differ on
@@ -524,8 +526,9 @@ class Tokenizer:
                    metadata=dict(metadata or {}))
 
     def save(self, directory: str | os.PathLike[str], training: dict[str, Any] | None = None) -> Path:
-        """Write tokenizer.json, token_bytes.npy and tokshard.json (in that order, each atomically). A URL
-        (pipeline/storage.py) gets the same three files uploaded in the same order; its URL is returned."""
+        """Write tokenizer.json, token_bytes.npy, the transformers files and tokshard.json (in that order, each
+        atomically). A URL (pipeline/storage.py) gets the same files uploaded in the same order; its URL is
+        returned."""
         if storage.is_url(directory):
             with tempfile.TemporaryDirectory(prefix="tokshard-tok-") as tmp:
                 self.save(tmp, training)
@@ -538,6 +541,7 @@ class Tokenizer:
         atomic.write_bytes(d / TOKENIZER_JSON, json.dumps(spec, ensure_ascii=False).encode())
         with atomic.atomic_open(d / TOKEN_BYTES_NPY) as f:
             np.save(f, self.token_bytes)
+        hf_folder.write_hf_files(d, self.special_tokens, BOS)
         self.metadata = {
             "format": METADATA_FORMAT,
             "vocab_size": self.vocab_size,

@@ -616,6 +616,7 @@ def healthy(service: dict[str, Any], local: Localized) -> bool:
     return subprocess.run(local(service["healthcheck"]["test"][1:]), capture_output=True, timeout=30).returncode == 0
 
 
+@pytest.mark.slow
 def test_compose_topology_as_local_processes(tmp_path):
     """docker-compose.yml's services as processes on loopback, in compose's start order, with compose's commands:
     head (healthy) -> 2 workers (healthy) -> `encode` submits `tokshard run` to the job server -> `api` serves the

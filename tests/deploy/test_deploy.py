@@ -25,6 +25,7 @@ def cluster_with_dashboard():
         cluster.stop()
 
 
+@pytest.mark.slow
 def test_ray_job_submit_encodes_on_the_cluster(cluster_with_dashboard, corpus_dir, small_tokenizer_dir, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -46,6 +47,7 @@ def test_ray_job_submit_encodes_on_the_cluster(cluster_with_dashboard, corpus_di
     assert manifest.verify(out) == []
 
 
+@pytest.mark.slow
 def test_ray_submit_scripts_join_the_cluster_they_run_on(cluster_with_dashboard, corpus_dir, tmp_path):
     """`ray submit` copies the script to the head and runs it there with `python`; RAY_ADDRESS is how a head's
     shell finds its cluster (`ray start` writes it for `auto`, which a second cluster on one test machine would

@@ -118,12 +118,14 @@ def test_help_shows_every_default_from_the_code():
     assert default("serve", "port") == service_cli.DEFAULT_PORT
 
 
+@pytest.mark.slow
 def test_human_summary_of_run(corpus_dir, tmp_path):
     proc = tokshard("run", "--source", str(corpus_dir / "part-00.parquet"), "--out", str(tmp_path / "o"),
                     "--vocab-size", "600", "--no-progress")
     assert "encoded 256 documents" in proc.stdout and "bytes/token" in proc.stdout and "tokens/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_run_refuses_an_outdir_of_another_tokenizer(run_out, corpus_dir):
     out, _ = run_out
     before = (out / "tokenizer" / "tokenizer.json").read_bytes()
@@ -152,6 +154,7 @@ def external_ray():
         cluster.stop()
 
 
+@pytest.mark.slow
 def test_encode_joins_an_existing_cluster(external_ray, corpus_dir, run_out, tmp_path):
     out, _ = run_out
     proc = tokshard("encode", "--address", external_ray, "--source", str(corpus_dir / "part-02.parquet"),

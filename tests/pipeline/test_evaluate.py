@@ -103,6 +103,8 @@ def test_hand_checked_numbers(hand, tmp_path):
         "vocab_used_fraction": round(11 / 12, 6), "mean_token_bytes_text": round(31 / 18, 6)}
     assert sp["groups"]["xx"]["tokens_per_word"] == 1.5  # zzzzz 3, a 1, b 1, c 1
     assert sp["premium"]["xx"]["premium"] == round(10 / 6, 6)
+    summary = report["premium_summary"]["tokenizers"]["sp"]  # one group besides the reference: worst = mean
+    assert summary["worst_premium"] == summary["mean_premium"] == round(10 / 6, 6) and summary["worst_group"] == "xx"
 
     # Word-level: abc abc abc | [UNK] a | é1 | b - c | ab = 10 tokens, each word one token; byte lengths from the
     # offsets of the entries seen: abc 3, a 1, é1 3, b 1, - 1, c 1, ab 2 (the [UNK] span of 5 is special).
@@ -117,7 +119,7 @@ def test_hand_checked_numbers(hand, tmp_path):
     assert ours["kind"] == "tokshard" and "riptoken" in ours["engine"]
     assert sp["kind"] == "tokenizer.json" and sp["engine"].startswith("HF tokenizers")
     assert all(x["throughput"]["mb_per_cpu_s"] > 0 and x["throughput"]["bytes"] == 26 for x in t.values())
-    assert report["plots"] == ["bytes_per_token.png", "premium.png"]
+    assert report["plots"] == ["bytes_per_token.png", "premium.png", "premium_tradeoff.png"]
     for name in report["plots"]:
         assert matplotlib.image.imread(tmp_path / "r" / name).ndim == 3
 
@@ -143,6 +145,7 @@ def _cli(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.slow
 def test_cli_on_the_bundled_sample(hand, small_tokenizer_dir, tmp_path):
     out = tmp_path / "report"
     argv = ["eval-tokenizer", str(small_tokenizer_dir), str(hand["sp"]), "--out", str(out), "--group-by", "url",
@@ -172,6 +175,7 @@ def test_cli_on_the_bundled_sample(hand, small_tokenizer_dir, tmp_path):
     assert code == 0 and json.loads((out / "report.json").read_text())["source"]["documents"] == 50
 
 
+@pytest.mark.slow
 def test_sweep(tmp_path, ray_cluster):
     out = tmp_path / "sweep"
     code, stdout, stderr = _cli(["eval-tokenizer", "--sweep", "512,1024", "--sample-bytes", "1000000", "--out",

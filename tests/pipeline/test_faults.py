@@ -81,6 +81,7 @@ def _committed_slices(out: str) -> int:
     return len(storage.list_files(storage.join(out, "slices")))
 
 
+@pytest.mark.slow
 def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokenizer_dir, reference, out):
     cluster = LocalCluster(head_cpus=1)
     try:
@@ -133,6 +134,7 @@ def _kill_everything_of(marker: str) -> None:
     wait_for(all_gone, 60, f"every process with {marker} to exit", interval=0.2)
 
 
+@pytest.mark.slow
 def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, reference, out, ray_cluster):
     ray_tmp = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
     marker = f"RAY_TMPDIR={ray_tmp}"

@@ -122,6 +122,7 @@ def test_other_tokenizer_outdir_is_refused(encoded, tmp_path, ray_cluster):
         jobs.encode(None, other.tokenizer_dir, out, show_progress=False)
 
 
+@pytest.mark.slow
 def test_uint32_shards_for_large_vocabularies(tmp_path, ray_cluster):
     trained = jobs.train_tokenizer(None, tmp_path / "tok", vocab_size=66_000, sample_bytes=50_000_000,
                                    pattern="gpt2")

@@ -90,6 +90,7 @@ def test_stage2_regex_splits_alike_in_oniguruma_and_regex(text):
         assert not regex.search(r"\p{N}", piece) or regex.fullmatch(r"\p{N}{1,2}", piece), piece
 
 
+@pytest.mark.slow
 def test_trainer_counts_what_the_encoder_produces(trained):
     """Every training piece's final segmentation in the trainer is tiktoken's with the final ranks, so the pair
     counts it merged by were the encoder's; and the ranks start with ordinary BPE up to the transition."""
@@ -114,6 +115,7 @@ def test_trainer_counts_what_the_encoder_produces(trained):
     assert state.token == [inverse[r] for r in range(len(ranks))]
 
 
+@pytest.mark.slow
 def test_superwords_are_learned_and_capped(trained):
     ranks, stage1 = trained["ranks"], trained["stage1"]
     stage2 = [t for t, r in ranks.items() if r >= len(stage1)]
@@ -132,6 +134,7 @@ print(hashlib.sha256(pickle.dumps(sorted(ranks.items(), key=lambda kv: kv[1]))).
 """
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_across_processes(trained, tmp_path):
     """Same text, same ranks, whatever the process's hash seed (bytes and str hashes are randomised per process)."""
     import pickle
@@ -145,6 +148,7 @@ def test_training_is_deterministic_across_processes(trained, tmp_path):
     assert len(digests) == 1 and len(digests.pop().strip()) == 64
 
 
+@pytest.mark.slow
 def test_matches_tokenizer_json_on_real_text(trained):
     tok, hf = trained["tok"], trained["hf"]
     texts = trained["held_out"] + trained["train"][:200]
@@ -157,6 +161,7 @@ def test_matches_tokenizer_json_on_real_text(trained):
     assert tok.engine == "tiktoken"  # riptoken is not exact on long pieces and its guard knows only the presets
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(text=st.one_of(unicode_text, mixed_text))
 def test_arbitrary_unicode_matches_reference_and_round_trips(trained, text):
@@ -167,6 +172,7 @@ def test_arbitrary_unicode_matches_reference_and_round_trips(trained, text):
     assert tok.decode_bytes(ids[1:]) == text.encode()
 
 
+@pytest.mark.slow
 def test_fewer_tokens_than_ordinary_bpe_on_held_out_english(trained):
     held_out = trained["held_out"]
     assert sum(len(t) for t in held_out) > 200_000
@@ -175,6 +181,7 @@ def test_fewer_tokens_than_ordinary_bpe_on_held_out_english(trained):
     assert ours < 0.98 * ordinary, f"SuperBPE {ours:,} tokens vs ordinary {ordinary:,}"
 
 
+@pytest.mark.slow
 def test_train_tokenizer_job_records_superbpe_and_reuse_tells_transitions_apart(tmp_path, ray_cluster):
     vocab, transition = 1024, 768  # smaller than the module's: this one runs the real Ray job
     out, source = tmp_path / "tok", str(sources.bundled_sample())
@@ -186,6 +193,7 @@ def test_train_tokenizer_job_records_superbpe_and_reuse_tells_transitions_apart(
     record = meta["training"]["superbpe"]
     assert record["transition"] == transition and record["stage1_merges"] == transition - len(SPECIAL_TOKENS) - 256
     assert record["stage2_merges"] == vocab - transition and record["skipped_existing"] == 0
+    assert record["stage2_documents"] == meta["training"]["sample_documents"]  # stage 2 sees stage 1's sample
     assert record["stage1_pattern"] == resolve_pattern("cl100k-d2")[1]
     assert record["stage2_pattern"] == meta["pattern"] == superbpe.stage2_pattern("cl100k-d2")
     assert meta["pattern_name"] == "superbpe-cl100k-d2" and meta["vocab_size"] == vocab
@@ -206,3 +214,28 @@ def test_stage2_subset_is_evenly_spaced_and_bounded() -> None:
     assert subset == texts[::4]  # every 4th: spans the sample from first to last file, not just its start
     assert sum(map(len, subset)) <= 25_000
     assert superbpe.stage2_subset(texts, max_bytes=25_000) == subset  # deterministic
+
+
+def test_sharded_stage2_gives_the_single_process_merges(trained):
+    """Pieces are independent: splitting them over shards changes nothing, merge for merge."""
+    texts, stage1 = trained["train"][:400], trained["stage1"]
+    pattern, n = superbpe.stage2_pattern("cl100k-d2"), TRANSITION + 192
+    one, stats_one = superbpe.train_stage2(texts, stage1, pattern, n)
+    three, stats_three = superbpe.train_stage2(texts, stage1, pattern, n, shards=3)
+    assert one == three and len(one) == n and stats_three["shards"] == 3
+    assert stats_three["pieces_trained"] >= stats_one["pieces_trained"]  # a piece may be in two shards
+
+
+def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster):
+    """The job's path: actors read the sample's refs, only the documents stage 1 used (limits), same merges."""
+    import ray
+
+    texts, stage1 = trained["train"][:400], trained["stage1"]
+    pattern, n = superbpe.stage2_pattern("cl100k-d2"), TRANSITION + 128
+    chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
+    limits = [50] * (len(chunks) - 2) + [20, 0]  # stage 1 stopped inside the second to last chunk
+    used = [t for chunk, k in zip(chunks, limits, strict=True) for t in chunk[:k]]
+    ranks, stats = superbpe.train_stage2_ray([ray.put(c) for c in chunks], limits, stage1, pattern, n, shards=2)
+    assert ranks == superbpe.train_stage2(used, stage1, pattern, n)[0]
+    assert stats["stage2_documents"] == len(used) and stats["shards"] == 2 and stats["skipped_existing"] == 0
+    assert len(stats["shard_cpu_seconds"]) == 2 and all(c > 0 for c in stats["shard_cpu_seconds"])

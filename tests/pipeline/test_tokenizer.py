@@ -59,6 +59,7 @@ def test_every_pattern_matches_tokenizer_json_on_real_text(pattern_tokenizer):
     assert not mismatches, f"{len(mismatches)} documents differ, first: {texts[mismatches[0]][:200]!r}"
 
 
+@pytest.mark.slow
 def test_real_corpus_identity_at_32k(tmp_path):
     """32k vocabulary trained on real text; every document of a 15 MB corpus file encodes like tokenizer.json."""
     if SHARED_CORPUS.is_dir():
@@ -194,6 +195,7 @@ def test_changed_tokenizer_json_is_refused(small_tokenizer_dir, tmp_path):
         Tokenizer.load(d)
 
 
+@pytest.mark.slow
 def test_uint32_when_vocabulary_exceeds_uint16(tmp_path):
     # 66,000 ids cannot be uint16; train on enough real text to reach that many merges.
     texts = sample_texts()
@@ -278,6 +280,7 @@ _doc_parts = st.one_of(_runs, _prose, st.binary(max_size=130), unicode_text.map(
 _guard_docs = st.lists(st.lists(_doc_parts, max_size=4).map(b"".join), min_size=1, max_size=6)
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(docs=_guard_docs)
 def test_guard_screen_and_scan_agree_with_the_definition(docs):

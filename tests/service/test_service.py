@@ -419,6 +419,7 @@ def test_bpb_equals_the_trainers_score(client, small_tokenizer, checkpoint):
     assert empty["data"] == [] and empty["aggregate"] == {"bpb": None, "nats": 0.0, "bytes": 0, "tokens": 0}
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_checkpoint_of_another_tokenizer(small_tokenizer, small_tokenizer_dir, checkpoint,
                                                          tmp_path):
     from tokshard.trainer.checkpoint import export_inference, load_inference
@@ -461,6 +462,7 @@ def test_coalescer_encodes_concurrent_requests_in_one_engine_call(small_tokenize
 
 
 # -- API key, workers, load ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_api_key_guards_everything_but_probes_and_docs(secured):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     with secured.client() as c:
@@ -479,6 +481,7 @@ def test_api_key_guards_everything_but_probes_and_docs(secured):
         assert err.status_code == 503 and err.json()["error"]["type"] == "model_not_loaded"
 
 
+@pytest.mark.slow
 def test_light_load_two_workers_no_errors_exact_metrics(secured, small_tokenizer):
     """3,300 requests, 16 concurrent, against 2 workers: zero errors, right ids, exact metrics.
 
@@ -538,6 +541,7 @@ def test_openapi_documents_every_route(client):
 SCHEMATHESIS_EXAMPLES = 30  # per operation and generation mode
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors(server):
     """Positive and negative cases generated from /openapi.json for every operation; no 5xx, every error in the
     envelope. Bounded by a count (SCHEMATHESIS_EXAMPLES per operation and mode), never by the clock: every

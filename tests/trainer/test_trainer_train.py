@@ -47,6 +47,7 @@ def quiet(_: str) -> None:
     pass
 
 
+@pytest.mark.slow
 def test_tiny_preset_learns_real_text(shards, tmp_path):
     run = tmp_path / "run"
     t0 = time.time()
@@ -124,6 +125,7 @@ def test_tokenizer_that_does_not_match_the_shards_is_refused(shards, tmp_path):
         train(small_run(bad, tmp_path / "run"), echo=quiet)
 
 
+@pytest.mark.slow
 def test_cli_train_interrupt_resume_and_sample(shards, tmp_path):
     run = tmp_path / "run"
     args = [TOKSHARD, "train", "--data", str(shards), "--out", str(run), "--steps", "3000", "--batch-size", "2",
@@ -172,6 +174,7 @@ def byte_pair_tokenizer() -> Tokenizer:
     return Tokenizer.from_ranks(ranks, PATTERNS["gpt2"], "gpt2")
 
 
+@pytest.mark.slow
 def test_uint32_vocabulary_trains(tmp_path, ray_cluster):
     tok = byte_pair_tokenizer()
     assert tok.vocab_size > 65536 and tok.dtype == np.uint32
@@ -186,6 +189,7 @@ def test_uint32_vocabulary_trains(tmp_path, ray_cluster):
     assert checkpoint.load_inference(tmp_path / "run" / "model.pt").config.vocab_size == 65_800
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_train_like_one_process_with_their_joint_batch(shards, tmp_path):
     common = {"steps": 6, "seq_len": 32, "eval_every": 3, "eval_tokens": 2048}
     train(TrainConfig(data=str(shards), out=str(tmp_path / "one"), batch_size=4, **common), echo=quiet)

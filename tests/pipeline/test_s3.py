@@ -118,6 +118,7 @@ def test_dead_attempts_objects_are_listed_by_inspect_and_removed_by_the_next_run
     assert not storage.exists(storage.join(url, dead))
 
 
+@pytest.mark.slow
 def test_cli_run_and_encode_to_s3(s3_bucket, corpus_dir, tmp_path):
     """`tokshard run --out s3://…` trains, writes the tokenizer and the shards to the store; a second `run` reuses
     the tokenizer and keeps every slice; `inspect` verifies shards and tokenizer on the store."""
@@ -264,6 +265,7 @@ class DenyingProxy:
         self._thread.join(30)
 
 
+@pytest.mark.slow
 def test_store_failing_mid_run_fails_that_slice_then_the_same_command_finishes(s3_server, s3_bucket, corpus_dir,
                                                                                small_tokenizer_dir, local_run):
     url = f"{s3_bucket}/flaky"

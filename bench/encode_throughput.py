@@ -1,12 +1,17 @@
-"""Benchmark: `tokshard encode` vs. the raw engine and a nanoGPT-style pipeline, per core, same text, one run.
+"""Benchmark: `tokshard encode` vs. its raw engine and peer pipelines, per core, same text, one run.
 
-On the same parquet files and the same tokenizer it measures:
-  raw riptoken    CoreBPE.encode_ordinary per document, one thread, texts already in memory (the ceiling)
-  raw tiktoken    the same with tiktoken (the peers' engine)
-  tokshard        `tokshard.pipeline.jobs.encode` with --workers N and with 1 worker: parquet read, encode, split, Arrow
-                  write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold run first)
+On the same parquet files (`--copies` copies of the source with unique ids) and the same tokenizer it measures:
+  raw engine      the engine tokshard picks for this pattern (pipeline/engines.py), fresh (a new engine per
+                  repetition: its caches start empty), `encode_flat` per row group of texts already in memory,
+                  one thread: the ceiling
+  raw tiktoken    `encode_ordinary` per document (the nanoGPT-style peers' engine)
+  tokshard        `tokshard.pipeline.jobs.encode` on Ray with --workers N and with 1 worker: parquet read, encode,
+                  split, Arrow write, fsync, manifest (Ray workers warm: the steady state of a long job; one cold
+                  run first)
   nanoGPT-style   bench/nanogpt_style.py: multiprocessing Pool(N) + tiktoken encode_ordinary + numpy uint16 +
                   .bin write, with the same vocabulary (a fresh process, so its workers inherit nothing of ours)
+  datatrove       bench/peers.py: datatrove's ParquetReader + DocumentTokenizer, N tasks (if installed)
+  datasets.map    bench/peers.py: HF datasets `map(batched=True, num_proc=N)` with the HF fast tokenizer
 Each is measured twice over: tokens per wall second per core (wall x cores used), and tokens per CPU second
 (utime + stime of every process involved: for tokshard the driver, the Ray workers and Ray's own daemons; for
 nanoGPT-style the parent and its workers). On a shared machine the CPU-time figure is the stable one; the
@@ -35,12 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-import riptoken
+import tiktoken
 from procmem import TreeWatch, mib
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["RAYON_NUM_THREADS"] = "1"  # the raw engine's pool in this process: one thread, like an encode task
 
 from tokshard.pipeline import jobs, sources
 from tokshard.pipeline.tokenizer import Tokenizer
@@ -55,14 +62,38 @@ def raw_rate(encode, texts: list[str]) -> dict[str, float]:
     return {"tokens": n, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 
 
+def raw_engine_rate(tok_dir: str, batches: list[list[str]]) -> dict[str, float]:
+    """A fresh engine (its caches empty) over row-group batches, one thread: tokshard's ceiling."""
+    engine = Tokenizer.load(tok_dir)._engine
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = sum(len(engine.encode_flat(batch)[0]) for batch in batches)
+    return {"tokens": n, "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+            "engine": engine.name}
+
+
 def _raw_in_task(path: str, tok_dir: str) -> tuple[int, float]:
     """The raw engine inside a Ray task, texts preloaded: the ceiling under the same parallelism/contention."""
-    tok = Tokenizer.load(tok_dir)
-    engine = riptoken.CoreBPE(tok.ranks, {}, tok.pattern)
-    texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    engine = Tokenizer.load(tok_dir)._engine
+    pf = pq.ParquetFile(path)
+    batches = [pf.read_row_group(i, columns=["text"]).column("text").to_pylist() for i in range(pf.num_row_groups)]
     c0 = time.process_time()
-    n = sum(len(engine.encode_ordinary(t)) for t in texts)
+    n = sum(len(engine.encode_flat(b)[0]) for b in batches)
     return n, time.process_time() - c0
+
+
+def make_copies(source: str, copies: int, dest: Path) -> str:
+    """`copies` copies of every source file with ids made unique per copy (same row groups): a larger corpus of
+    real text, so fixed costs weigh what they weigh on a real job."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sources.resolve_files(source):
+        pf = pq.ParquetFile(path)
+        rg_rows = pf.metadata.row_group(0).num_rows
+        table = pf.read()
+        for k in range(copies):
+            ids = pa.array([f"{i}#copy{k}" for i in table.column("id").to_pylist()], pa.string())
+            pq.write_table(table.set_column(table.schema.get_field_index("id"), "id", ids),
+                           dest / f"copy{k}-{Path(path).name}", row_group_size=rg_rows)
+    return str(dest / "*.parquet")
 
 
 def tokshard_run(source: str, tok_dir: str, out: Path, workers: int) -> dict[str, Any]:
@@ -97,6 +128,22 @@ def nanogpt_run(source: str, tok_dir: str, out: Path, procs: int) -> dict[str, A
     return r
 
 
+def peer_run(peer: str, source: str, tok_dir: str, out: Path, procs: int) -> dict[str, Any] | None:
+    """bench/peers.py in a fresh process: its wall clock and the CPU of it and its children."""
+    cmd = [sys.executable, str(BENCH / "peers.py"), peer, "--source", source, "--tokenizer", tok_dir,
+           "--out-dir", str(out), "--procs", str(procs)]
+    before = os.times()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    after = os.times()
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode != 0:
+        print(f"{peer}: failed, left out ({done.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        return None
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    r["cpu_s"] = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return r
+
+
 def _spread(values: list[float], digits: int = 3) -> dict[str, float]:
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits)}
@@ -114,14 +161,14 @@ def summarize(reps: list[dict[str, Any]], workers: int) -> dict[str, Any]:
         rows.setdefault(key, []).append(value)
 
     for rep in reps:
-        rip_wall, rip_cpu = _rates(rep["raw_riptoken"], 1)
+        rip_wall, rip_cpu = _rates(rep["raw_engine"], 1)
         tik_wall, tik_cpu = _rates(rep["raw_tiktoken"], 1)
         tsn_wall, tsn_cpu = _rates(rep["tokshard_n"], workers)
         ts1_wall, ts1_cpu = _rates(rep["tokshard_1"], 1)
         ngp_wall, ngp_cpu = _rates(rep["nanogpt"], rep["nanogpt"]["procs"])
         tsn_task = rep["tokshard_n"]["tokens"] / rep["tokshard_n"]["cpu_encode_workers_s"]
         ngp_task = rep["nanogpt"]["tokens"] / rep["nanogpt"]["cpu_workers_s"]
-        for name, value in [("raw_riptoken_per_core_cpu", rip_cpu), ("raw_riptoken_per_core_wall", rip_wall),
+        for name, value in [("raw_engine_per_core_cpu", rip_cpu), ("raw_engine_per_core_wall", rip_wall),
                             ("raw_tiktoken_per_core_cpu", tik_cpu), ("raw_tiktoken_per_core_wall", tik_wall),
                             (f"tokshard_{workers}w_per_core_cpu", tsn_cpu),
                             (f"tokshard_{workers}w_per_core_wall", tsn_wall),
@@ -136,6 +183,14 @@ def summarize(reps: list[dict[str, Any]], workers: int) -> dict[str, Any]:
         add("ratio_tokshard_vs_nanogpt_cpu", tsn_cpu / ngp_cpu)
         add("ratio_tokshard_vs_nanogpt_cpu_workers_only", tsn_task / ngp_task)
         add("ratio_tokshard_vs_nanogpt_wall", tsn_wall / ngp_wall)
+        add("ratio_tokshard_vs_nanogpt_wall_clock_whole_run", rep["nanogpt"]["wall_s"] / rep["tokshard_n"]["wall_s"])
+        for peer in ("datatrove", "datasets"):
+            if rep.get(peer):
+                p_wall, p_cpu = _rates(rep[peer], rep[peer]["procs"])
+                add(f"{peer}_per_core_cpu", p_cpu / 1e6)
+                add(f"{peer}_per_core_wall", p_wall / 1e6)
+                add(f"ratio_tokshard_vs_{peer}_cpu", tsn_cpu / p_cpu)
+                add(f"ratio_tokshard_vs_{peer}_wall_clock_whole_run", rep[peer]["wall_s"] / rep["tokshard_n"]["wall_s"])
         add(f"scaling_{workers}w_vs_1w_wall", rep["tokshard_1"]["wall_s"] / rep["tokshard_n"]["wall_s"])
         add(f"scaling_{workers}w_vs_1w_cpu_efficiency", workers * tsn_cpu / ts1_cpu)
         for key in ("tokshard_n", "tokshard_1", "nanogpt"):
@@ -155,6 +210,8 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--copies", type=int, default=4, help="copies of --source with unique ids (default 4)")
+    ap.add_argument("--peers", default="datatrove,datasets", help="peer pipelines to run besides nanoGPT-style")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
 
@@ -172,39 +229,49 @@ def main() -> None:
             jobs.train_tokenizer(args.train_source, tok_dir, vocab_size=args.vocab_size)
         tok = Tokenizer.load(tok_dir)
 
-        files = sources.resolve_files(args.source)
-        texts = [t for f in files for t in pq.read_table(f, columns=["text"]).column("text").to_pylist()]
+        source = make_copies(args.source, args.copies, work / "src") if args.copies > 1 else args.source
+        files = sources.resolve_files(source)
+        batches = []
+        for f in files:
+            pf = pq.ParquetFile(f)
+            batches += [pf.read_row_group(i, columns=["text"]).column("text").to_pylist()
+                        for i in range(pf.num_row_groups)]
+        texts = [t for b in batches for t in b]
         text_mb = sum(len(t.encode()) for t in texts) / 1e6
-        rip_engine = riptoken.CoreBPE(tok.ranks, {}, tok.pattern)
+        ranks, specials = tok.ranks, tok.special_tokens
+        tik = tiktoken.Encoding(name="bench", pat_str=tok.pattern, mergeable_ranks=ranks, special_tokens=specials)
+        peers = [p for p in args.peers.split(",") if p]
 
-        cold = tokshard_run(args.source, tok_dir, work / "cold", args.workers)  # Ray workers start here
+        cold = tokshard_run(source, tok_dir, work / "cold", args.workers)  # Ray workers start here
         raw_task = ray.remote(num_cpus=1)(_raw_in_task)
         parallel = ray.get([raw_task.remote(f, tok_dir) for f in files])
         raw_parallel_cpu = sum(n for n, _ in parallel) / sum(s for _, s in parallel)
 
         reps = []
         for i in range(args.repeat):
-            rep = {"raw_riptoken": raw_rate(rip_engine.encode_ordinary, texts),
-                   "raw_tiktoken": raw_rate(tok._exact.encode_ordinary, texts),
-                   "tokshard_n": tokshard_run(args.source, tok_dir, work / f"n{i}", args.workers),
-                   "tokshard_1": tokshard_run(args.source, tok_dir, work / f"one{i}", 1),
-                   "nanogpt": nanogpt_run(args.source, tok_dir, work / f"ngp{i}", args.workers),
+            rep = {"raw_engine": raw_engine_rate(tok_dir, batches),
+                   "raw_tiktoken": raw_rate(tik.encode_ordinary, texts),
+                   "tokshard_n": tokshard_run(source, tok_dir, work / f"n{i}", args.workers),
+                   "tokshard_1": tokshard_run(source, tok_dir, work / f"one{i}", 1),
+                   "nanogpt": nanogpt_run(source, tok_dir, work / f"ngp{i}", args.workers),
+                   **{p: peer_run(p, source, tok_dir, work / f"{p}{i}", args.workers) for p in peers},
                    "load_avg_1min": float(Path("/proc/loadavg").read_text().split()[0])}
-            # Same documents, same vocabulary, <|bos|> per document: the three must agree on the token count.
-            rep["same_token_count"] = (rep["tokshard_n"]["tokens"] == rep["tokshard_1"]["tokens"]
-                                       == rep["nanogpt"]["tokens"] == rep["raw_riptoken"]["tokens"] + len(texts))
+            # Same documents, same vocabulary, <|bos|> per document: all must agree on the token count.
+            counts = {rep[k]["tokens"] for k in ("tokshard_n", "tokshard_1", "nanogpt", *peers) if rep.get(k)}
+            rep["same_token_count"] = counts == {rep["raw_engine"]["tokens"] + len(texts)}
             reps.append(rep)
             print(f"repeat {i + 1}/{args.repeat} done", file=sys.stderr)
 
         report = {
             "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-            "source": args.source, "files": len(files), "documents": len(texts), "text_mb": round(text_mb, 1),
-            "vocab_size": tok.vocab_size, "pattern": tok.pattern_name,
+            "source": args.source, "copies": args.copies, "files": len(files), "documents": len(texts),
+            "text_mb": round(text_mb, 1), "vocab_size": tok.vocab_size, "pattern": tok.pattern_name,
+            "engine": tok.engine,
             "tokens": reps[0]["tokshard_n"]["tokens"], "workers": args.workers, "repeat": args.repeat,
             "all_token_counts_agree": all(r["same_token_count"] for r in reps),
             "summary_millions_and_ratios": summarize(reps, args.workers),
             "tokshard_cold_wall_s": round(cold["wall_s"], 2),
-            "raw_riptoken_in_parallel_tasks_per_core_cpu": round(raw_parallel_cpu),
+            "raw_engine_in_parallel_tasks_per_core_cpu": round(raw_parallel_cpu),
             "ray_start_s": round(ray_start, 2), "repetitions": reps,
         }
         print(json.dumps(report["summary_millions_and_ratios"], indent=1))

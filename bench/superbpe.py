@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("RAYON_NUM_THREADS", "1")  # riptoken's batch encoder: one thread, like an encode task
+os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the engines' Rust pools: one thread, like an encode task
 
 import argparse
 import collections
@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import regex
 import rustbpe
+import tiktoken
 
 from tokshard.pipeline import jobs, sources, superbpe
 from tokshard.pipeline.tokenizer import PATTERNS, SPECIAL_TOKENS, Tokenizer
@@ -102,6 +103,11 @@ def bpb_runs(tok_dirs: list[Path], shards_src: str, out: Path, steps: int) -> li
     return results
 
 
+def tiktoken_of(tok: Tokenizer) -> tiktoken.Encoding:
+    """tiktoken over the same ranks and pattern (the peers' engine), for the raw comparison."""
+    return tiktoken.Encoding(name="bench", pat_str=tok.pattern, mergeable_ranks=tok.ranks, special_tokens={})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default=str(CORPUS))
@@ -130,19 +136,15 @@ def main() -> None:
             tok.save(out / name)
         tok = Tokenizer.load(out / name)
         rows = tok.encode_batch(evals, bos=False)
+        peer = tiktoken_of(tok)
         n_tokens = sum(map(len, rows))
         row = {"tokenizer": name, "transition": transition, "engine": tok.engine, "tokens": n_tokens,
                "bytes_per_token": round(eval_bytes / n_tokens, 4), **info,
                "encode_mb_s": throughput(lambda tok=tok: tok.encode_batch(evals, bos=False), eval_bytes),
-               "raw_tiktoken_mb_s": throughput(lambda tok=tok: [tok._exact.encode_ordinary(t) for t in evals],
+               "raw_engine_mb_s": throughput(lambda tok=tok: tok._engine.encode_flat(evals), eval_bytes),
+               "raw_tiktoken_mb_s": throughput(lambda peer=peer: [peer.encode_ordinary(t) for t in evals],
                                                eval_bytes)}
         if transition is not None:
-            import riptoken
-
-            fast = riptoken.CoreBPE(tok.ranks, tok.special_tokens, tok.pattern)
-            row["raw_riptoken_mb_s"] = throughput(lambda fast=fast: fast.encode_ordinary_batch(evals), eval_bytes)
-            row["riptoken_docs_differing"] = sum(a != b for a, b in zip(fast.encode_ordinary_batch(evals), rows,
-                                                                        strict=True))
             row["superwords"] = superwords(tok, transition - len(SPECIAL_TOKENS), rows)
         results.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "superwords"}), flush=True)

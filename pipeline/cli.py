@@ -51,6 +51,9 @@ def _add_ray(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="join a Ray cluster: auto, ray://host:10001 or host:port "
                    "(default: start a local Ray instance for this run)")
     p.add_argument("--workers", type=int, default=None, help="parallel tasks (default: all CPUs)")
+    p.add_argument("--in-process", action=argparse.BooleanOptionalAction, default=None,
+                   help="run without Ray, in this process (default: when there is no cluster to join and the "
+                   f"source holds at most {jobs.LOCAL_MAX_BYTES >> 20} MiB of text; same output either way)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
 
@@ -195,7 +198,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_tokenizer(args: argparse.Namespace) -> int:
-    # Throughput is defined single-threaded: riptoken's pool reads this when it first starts (Ray tasks set it too).
+    # Throughput is defined single-threaded: the engines' Rust pools read this when they start (Ray tasks set it too).
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
     report = evaluate.run(
         args.tokenizers, args.out, source=args.source, text_column=args.text_column, id_column=args.id_column,
@@ -244,7 +247,7 @@ def _encode_lines(s: dict[str, Any]) -> list[str]:
     lines = [
         f"encoded {s['documents']:,} documents into {s['tokens']:,} tokens in {s['shards']} shards -> {s['out']}",
         f"  {s['text_bytes'] / 1e6:,.1f} MB of text, {s['bytes_per_token']:.3f} bytes/token, "
-        f"{s['seconds']:.1f} s, {s['tokens_per_s'] / 1e6:.2f} M tokens/s",
+        f"{s['seconds']:.1f} s, {s['tokens_per_s'] / 1e6:.2f} M tokens/s ({s['engine']}, {s['executor']})",
     ]
     if s.get("slices_kept"):
         lines.append(f"  resumed: kept {s['slices_kept']} finished slice(s) that verified, encoded "
@@ -278,7 +281,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
                                   id_column=args.id_column, address=args.address, workers=args.workers,
                                   superbpe_transition=args.superbpe_transition, balance_by=args.balance_by,
                                   balance_alpha=alpha,
-                                  balance_weights=balance.parse_weights(args.balance_weights))
+                                  balance_weights=balance.parse_weights(args.balance_weights),
+                                  in_process=args.in_process)
     _print(args, result.summary(), _train_lines(result.summary()))
     return 0
 
@@ -287,7 +291,7 @@ def _encode(args: argparse.Namespace, tokenizer_dir: str) -> jobs.EncodeResult:
     return jobs.encode(args.source, tokenizer_dir, args.out, workers=args.workers, val_fraction=args.val_fraction,
                        text_column=args.text_column, id_column=args.id_column, slice_bytes=args.slice_mb << 20,
                        address=args.address, show_progress=args.progress, limit_docs=args.limit_docs,
-                       limit_files=args.limit_files)
+                       limit_files=args.limit_files, in_process=args.in_process)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -312,7 +316,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         trained = jobs.reusable_tokenizer(out_tok, args.source, **settings)
         if trained is None:
             # Trained beside OUT: encode checks OUT belongs to this run before it copies the tokenizer in.
-            trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", **settings)
+            trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", in_process=args.in_process,
+                                           **settings)
         result = _encode(args, str(trained.tokenizer_dir))
         trained.tokenizer_dir = out_tok if remote else Path(out_tok)
     summary = {"tokenizer": trained.summary(), **result.summary()}
@@ -349,9 +354,10 @@ def _inspect_tokenizer(path: str) -> tuple[dict[str, Any], list[str], list[str]]
     verified, problems = _tokenizer_problems(path)
     summary = {"kind": "tokenizer", "path": str(path), "vocab_size": tok.vocab_size, "dtype": tok.dtype.name,
                "pattern_name": tok.pattern_name, "pattern": tok.pattern, "special_tokens": tok.special_tokens,
-               "sha256": tok.sha256, "sha256_verified": verified.startswith("verified"),
+               "sha256": tok.sha256, "sha256_verified": verified.startswith("verified"), "engine": tok.engine,
                "training": meta.get("training"), "problems": problems}
-    lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}",
+    lines = [f"tokenizer {path}: vocab {tok.vocab_size:,} ({tok.dtype.name} ids), pattern {tok.pattern_name}, "
+             f"engine {tok.engine}",
              f"  special tokens: {', '.join(f'{k}={v}' for k, v in tok.special_tokens.items())}",
              f"  sha256 {tok.sha256} ({verified})"]
     if meta.get("training"):
@@ -372,7 +378,8 @@ def _inspect_shards(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
     summary = {"kind": "shards", "path": str(path), "tokenizer": manifest.tokenizer, "totals": totals,
                "shards": len(manifest.shards), "uncommitted": uncommitted, "problems": problems}
     lines = [f"shards {path}: {len(manifest.shards)} shards verified against {MANIFEST}, "
-             f"tokenizer {manifest.tokenizer['sha256'][:12]}… ({manifest.tokenizer['dtype']})"]
+             f"tokenizer {manifest.tokenizer['sha256'][:12]}… ({manifest.tokenizer['dtype']}), "
+             f"encoded by {manifest.tokenizer.get('engine', 'an unrecorded engine')}"]
     for split in ("train", "val", "all"):
         t = totals[split]
         lines.append(f"  {split:5s}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['text_bytes'] / 1e6:,.1f} MB,"

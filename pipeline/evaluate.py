@@ -24,7 +24,7 @@ Definitions (also written into every report, under "definitions"):
   known is in tokenizer_adapters.py; the report names the method per tokenizer.
 - throughput: MB (1e6 bytes) of the evaluation text's first THROUGHPUT_MAX_BYTES encoded per wall-clock second,
   and per CPU second of this process (the honest number on a busy machine), best of `repeats`. Ours: our engine
-  (`Tokenizer.encode_batch`; `tokshard eval-tokenizer` pins riptoken to one thread); a tokenizer.json: HF
+  (`Tokenizer.encode_batch`; `tokshard eval-tokenizer` pins the engine's Rust pool to one thread); a tokenizer.json: HF
   tokenizers' `encode_batch` with TOKENIZERS_PARALLELISM=false. Each entry names its engine.
 - premium (parallel text, `--parallel-key` + `--reference`): rows with the same key in different groups hold the
   same content. For group g: tokens of g / tokens of the reference, summed over the keys both groups have (rows

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokshard.pipeline import atomic, balance, hf_folder, sources, storage, superbpe
+from tokshard.pipeline import atomic, balance, sources, storage, superbpe
 from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
@@ -38,6 +39,7 @@ from tokshard.pipeline.tokenizer import (
     SPECIAL_TOKENS,
     Tokenizer,
     UnencodableError,
+    copy_tokenizer,
     load_cached,
     resolve_pattern,
 )
@@ -48,21 +50,79 @@ DEFAULT_VAL_FRACTION = 0.01
 CLUSTER_POLL_S = 1.0  # how often the encode driver re-reads the cluster's CPU count
 
 
-# -- Ray session ------------------------------------------------------------------------------------------
+# -- where tasks run: Ray, or this process ------------------------------------------------------------------
+# A run whose text is at most this much, with no cluster to join, runs in this process: starting a local Ray
+# instance and its workers costs seconds (docs/benchmarks.md, "Fixed cost"), more than encoding that much text.
+# The tasks are the same functions either way, so the shards and the manifest are the same too.
+LOCAL_MAX_BYTES = 256 << 20
+
+
+class _Session:
+    """What `ray_session` scopes share: how deep they nest and whether Ray was started inside them."""
+
+    depth = 0
+    started = False
+    address: str | None = None
+    workers: int | None = None
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, workers: int | None = None) -> Iterator[None]:
-    """Join `address` or start a local Ray instance (stopped on exit); reuse one that is already initialised.
+    """A scope in which Ray is started on first need (`_ensure_ray`) and stopped at the end if it was started
+    here. Nothing is started for jobs that run in this process, so `tokshard run` on a small source never pays for
+    Ray; jobs that need it inside one scope share one instance."""
+    outer = _Session.depth == 0
+    if outer:
+        _Session.address, _Session.workers = address, workers
+    _Session.depth += 1
+    try:
+        yield
+    finally:
+        _Session.depth -= 1
+        if outer:
+            _Session.address = _Session.workers = None
+        if outer and _Session.started:
+            import ray
+
+            ray.shutdown()
+            _Session.started = False
+
+
+def _cluster_requested(address: str | None) -> bool:
+    """Is there a cluster to use: an address, RAY_ADDRESS (a `ray job submit` entrypoint), or a Ray already
+    initialised in this process (a notebook, the tests)?"""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return True
+    ray = sys.modules.get("ray")  # never import Ray just to ask
+    return ray is not None and ray.is_initialized()
+
+
+def runs_in_process(address: str | None, in_process: bool | None, text_bytes: int) -> bool:
+    """Whether a job runs in this process: as asked, else when there is no cluster and the text is small. An
+    address given to an enclosing `ray_session` (`tokshard run --address`) counts as the job's own."""
+    address = address or _Session.address
+    if in_process is not None:
+        if in_process and address:
+            raise ValueError("--in-process runs without Ray: it cannot be combined with --address")
+        return in_process
+    return not _cluster_requested(address) and text_bytes <= LOCAL_MAX_BYTES
+
+
+def _ensure_ray(address: str | None, workers: int | None) -> None:
+    """Join `address` or start a local Ray instance; reuse one that is already initialised.
 
     Ray 2.60 enables token authentication by itself after a local start; we set RAY_AUTH_MODE explicitly
     ("disabled" for the private local instance unless the user chose otherwise) so behaviour never depends
-    on what an earlier `ray.init()` left behind.
-    """
+    on what an earlier `ray.init()` left behind."""
     import ray
 
     if ray.is_initialized():
-        yield
         return
-    # riptoken's batch encoder uses rayon's global pool: one thread per task, Ray does the parallelism.
+    if _Session.depth == 0:
+        raise RuntimeError("Ray work outside `ray_session`: nothing would stop the instance it starts")
+    address = address or _Session.address
+    workers = workers or _Session.workers
+    # The engines' Rust thread pools: one thread per task, Ray does the parallelism.
     runtime_env = {"env_vars": {"RAYON_NUM_THREADS": "1"}}
     address = address or os.environ.get("RAY_ADDRESS")  # set for the entrypoint of `ray job submit`
     if address:
@@ -71,10 +131,7 @@ def ray_session(address: str | None = None, workers: int | None = None) -> Itera
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=True, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    _Session.started = True
 
 
 def _largest_node_cpus() -> int:
@@ -89,27 +146,33 @@ def _worker_name() -> str:
 
 
 # -- tokenizer training -----------------------------------------------------------------------------------
-def _sample_slice(piece: sources.Slice, fraction: float, seed: int, text_column: str, id_column: str) -> list[str]:
+def _sample_slice(slice_: sources.Slice, fraction: float, seed: int, text_column: str, id_column: str) -> list[str]:
     out: list[str] = []
-    for batch in sources.iter_batches(piece, text_column, id_column):
+    for batch in sources.iter_batches(slice_, text_column, id_column):
         for doc_id, text in zip(batch.ids, batch.texts, strict=True):
             if fraction >= 1 or sources.id_fraction(doc_id, f"tokshard-sample-{seed}:") < fraction:
                 out.append(text[:MAX_SAMPLE_DOC_CHARS])
     return out
 
 
-def _train_bpe(samples: list[Any], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
-    """Runs as one Ray task: rustbpe counts pre-split pieces on all the node's cores, then merges. Returns the
-    ranks, and how many documents of each sample ref it used (SuperBPE's stage 2 trains on the same ones)."""
+def _train_bpe_task(samples: list[Any], *args: Any) -> dict[str, Any]:
+    """`_train_bpe` as one Ray task, given the sample tasks' refs (in plan order)."""
     import ray
+
+    return _train_bpe((ray.get(ref) for ref in samples), *args)
+
+
+def _train_bpe(samples: Iterable[list[str]], vocab_size: int, pattern: str, sample_bytes: int) -> dict[str, Any]:
+    """rustbpe counts pre-split pieces on all the node's cores, then merges. Returns the ranks, and how many
+    documents of each sample it used (SuperBPE's stage 2 trains on the same ones)."""
     import rustbpe
 
     texts: list[str] = []
     used = 0
     used_per_ref: list[int] = []
-    for ref in samples:  # refs in plan order, so the capped sample is the same on every run
+    for sample in samples:  # in plan order, so the capped sample is the same on every run
         before = len(texts)
-        for text in ray.get(ref):
+        for text in sample:
             if used >= sample_bytes:
                 break
             texts.append(text)
@@ -143,8 +206,7 @@ class TrainResult:
 
 
 def reusable_tokenizer(tokenizer_dir: str | os.PathLike[str], source: str | None, *, vocab_size: int,
-                       sample_bytes: int, pattern: str,
-                       seed: int, text_column: str, id_column: str,
+                       sample_bytes: int, pattern: str, seed: int, text_column: str, id_column: str,
                        superbpe_transition: int | None = None) -> TrainResult | None:
     """The tokenizer an earlier `tokshard run` trained with exactly these settings, or None: training is
     deterministic, so resuming a run need not train again."""
@@ -188,13 +250,14 @@ def train_tokenizer(
     balance_by: str | None = None,
     balance_alpha: float = balance.DEFAULT_ALPHA,
     balance_weights: dict[str, float] | None = None,
+    in_process: bool | None = None,
 ) -> TrainResult:
     """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory.
     With `superbpe_transition` T, ordinary merges stop at a T-token vocabulary (special tokens included, like
     `vocab_size`) and SuperBPE's stage 2 learns the rest (pipeline/superbpe.py). With `balance_by` COLUMN each
     group's share of the sample is drawn by temperature sampling (pipeline/balance.py); `source` may then name
-    several sources joined by commas."""
-    import ray
+    several sources joined by commas. Plain training of a small local source runs in this process
+    (`runs_in_process`); balanced sampling and SuperBPE's sharded stage 2 use Ray."""
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
@@ -218,23 +281,33 @@ def train_tokenizer(
     total = sum(s.text_bytes_estimate for s in slices)
     fraction = min(1.0, sample_bytes / max(total, 1))
     balance_record: dict[str, Any] | None = None
+    stage1_size = stage2[0] if stage2 else vocab_size - len(SPECIAL_TOKENS)
+    needs_ray = balance_by is not None or stage2 is not None
+    if in_process and needs_ray:
+        raise ValueError("--in-process trains plain BPE only: --balance-by and --superbpe-transition use Ray")
     with ray_session(address, workers):
-        if balance_by is None:
-            sample_task = ray.remote(num_cpus=1, max_retries=3)(_sample_slice)
-            refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
-            cap = sample_bytes
+        if not needs_ray and runs_in_process(address, in_process, total):
+            samples = (_sample_slice(s, fraction, seed, text_column, id_column) for s in slices)
+            trained = _train_bpe(samples, stage1_size, regex, sample_bytes)
         else:
-            refs, record_balance = _balanced_sample(slices, sample_bytes, seed, text_column, id_column,
-                                                    balance_by, balance_alpha, balance_weights or {})
-            cap = 1 << 62  # the rates size the sample; a byte cap would cut off the groups sampled last
-        train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe)
-        # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
-        stage1_size = stage2[0] if stage2 else vocab_size - len(SPECIAL_TOKENS)
-        trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
-        if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
-            _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS))
-        if balance_by is not None:
-            balance_record = record_balance()
+            import ray
+
+            _ensure_ray(address, workers)
+            if balance_by is None:
+                sample_task = ray.remote(num_cpus=1, max_retries=3)(_sample_slice)
+                refs = [sample_task.remote(s, fraction, seed, text_column, id_column) for s in slices]
+                cap = sample_bytes
+            else:
+                refs, record_balance = _balanced_sample(slices, sample_bytes, seed, text_column, id_column,
+                                                        balance_by, balance_alpha, balance_weights or {})
+                cap = 1 << 62  # the rates size the sample; a byte cap would cut off the groups sampled last
+            train_task = ray.remote(num_cpus=_largest_node_cpus(), max_retries=1)(_train_bpe_task)
+            # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
+            trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
+            if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
+                _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS))
+            if balance_by is not None:
+                balance_record = record_balance()
     n_docs, n_bytes = trained["documents"], trained["bytes"]
     reached = len(trained["ranks"]) + len(SPECIAL_TOKENS)
     if reached < vocab_size:
@@ -294,7 +367,7 @@ def _balanced_sample(slices: list[sources.Slice], sample_bytes: int, seed: int, 
 # -- encoding ---------------------------------------------------------------------------------------------
 class _SplitBuffer:
     """The encoded rows of one split of one slice. Ids are copied into one array as batches are encoded and the
-    shard is written from it as is, so a slice's ids are never held twice (pieces and their concatenation).
+    shard is written from it as is, so a slice's ids are never held twice (per-batch arrays and their concatenation).
     The array starts at an estimate and doubles if that is exceeded; pages never written take no memory."""
 
     def __init__(self, capacity: int, dtype: np.dtype) -> None:
@@ -331,68 +404,74 @@ class SliceDone(NamedTuple):
 
 
 def encode_slice(
-    piece: sources.Slice,
+    slice_: sources.Slice,
     tokenizer_dir: str,
     tokenizer_sha256: str,
     out_dir: str,
     val_fraction: float,
     text_column: str,
     id_column: str,
+    parallel: bool = False,
 ) -> Iterator[RowsDone | SliceDone]:
     """Encode one slice into `train/` and `val/` shards named after the slice, or keep those of an earlier run
-    (its sidecar matches this slice and every shard verifies). Runs as a Ray streaming generator: yields a
-    `RowsDone` per row group (the driver's live progress), then one `SliceDone`.
+    (its sidecar matches this slice and every shard verifies). Runs as a Ray streaming generator (or a plain
+    generator in this process): yields a `RowsDone` per row group (the driver's live progress), then one
+    `SliceDone`. `parallel`: the engine may use its thread pool (the in-process run; a Ray task has one CPU).
 
     Both paths yield exactly one item per row group before the result: Ray numbers a generator's items and, when
     it retries the task after its worker died, drops the items it already has by number. A retry that finds the
     slice done (the first attempt died between writing it and reporting it) must not yield fewer, or its
     `SliceDone` would be dropped."""
     t0 = time.time()
-    out = out_dir
-    info = asdict(piece)
-    done = read_slice_records(out, piece.name)
+    out = out_dir  # a local directory or a URL (pipeline/storage.py)
+    info = asdict(slice_)
+    done = read_slice_records(out, slice_.name)
     if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
         yield RowsDone(*(sum(r[k] for r in done["shards"]) for k in ("documents", "tokens", "text_bytes")))
-        for _ in range(piece.rg_start + 1, piece.rg_end):
+        for _ in range(slice_.rg_start + 1, slice_.rg_end):
             yield RowsDone(0, 0, 0)
         yield SliceDone(done["shards"], True)
         return
     tok = load_cached(tokenizer_dir, tokenizer_sha256)
     # At most one id per text byte plus <|bos|> per row; real text averages 3-4 bytes per id, so half the bytes
     # is ample (the buffer grows if not) and the validation split gets twice its expected share.
-    capacity = piece.text_bytes_estimate // 2 + piece.row_end - piece.row_start
+    capacity = slice_.text_bytes_estimate // 2 + slice_.row_end - slice_.row_start
     buffers = {"train": _SplitBuffer(capacity, tok.dtype),
                "val": _SplitBuffer(int(capacity * min(1.0, 2 * val_fraction)) + 1024, tok.dtype)}
-    for batch in sources.iter_batches(piece, text_column, id_column):
+    for batch in sources.iter_batches(slice_, text_column, id_column):
         try:
-            flat, offsets = tok.encode_to_array(batch.texts, bos=True, utf8=batch.utf8)
+            flat, offsets = tok.encode_to_array(batch.texts, bos=True, parallel=parallel)
         except UnencodableError as e:
-            raise sources.SourceError(f"{piece.path}: row {batch.first_row + e.index}: {e.reason}") from None
+            raise sources.SourceError(f"{slice_.path}: row {batch.first_row + e.index}: {e.reason}") from None
         doc_bytes = np.diff(batch.utf8[1])
         is_val = sources.validation_mask(batch.ids, val_fraction)
         for split, rows in (("train", ~is_val), ("val", is_val)):
             if rows.any():
                 buffers[split].add(batch.ids, flat, offsets, rows, int(doc_bytes[rows].sum()))
         yield RowsDone(len(batch.texts), len(flat), int(doc_bytes.sum()))
-    records = []
-    for split, buf in buffers.items():
-        if not buf.ids:
-            continue
-        lengths = np.concatenate(buf.lengths)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        rel = storage.attempt_name(out_dir, f"{split}/shard-{piece.name}{SUFFIX}")  # per attempt on a store
-        written = write_shard(storage.join(out_dir, rel), buf.ids, buf.tokens[: buf.size], offsets,
-                              tokenizer_sha256=tokenizer_sha256, bos_id=tok.bos_id)
-        seconds = time.time() - t0
-        records.append(ShardRecord(
-            path=rel, split=split, source=piece.path, slice=piece.name, row_groups=[piece.rg_start, piece.rg_end],
-            rows=[piece.row_start, piece.row_end], documents=written.documents, tokens=written.tokens,
-            text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
-            tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(), stored=written.stored,
-        ).to_dict())
-    write_slice_records(out, piece.name, info, records)
+    records = [_write_split(out, slice_, split, buf, tok, tokenizer_sha256, t0)
+               for split, buf in buffers.items() if buf.ids]
+    write_slice_records(out, slice_.name, info, records)
     yield SliceDone(records, False)
+
+
+def _write_split(out: str, slice_: sources.Slice, split: str, buf: _SplitBuffer, tok: Tokenizer,
+                 tokenizer_sha256: str, t0: float) -> dict[str, Any]:
+    """Write one split's shard of a slice; its manifest record."""
+    lengths = np.concatenate(buf.lengths)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    rel = storage.attempt_name(out, f"{split}/shard-{slice_.name}{SUFFIX}")  # per attempt on a store
+    written = write_shard(storage.join(out, rel), buf.ids, buf.tokens[: buf.size], offsets,
+                          tokenizer_sha256=tokenizer_sha256,
+                          bos_id=tok.bos_id)
+    seconds = time.time() - t0
+    return ShardRecord(
+        path=rel, split=split, source=slice_.path, slice=slice_.name, row_groups=[slice_.rg_start, slice_.rg_end],
+        rows=[slice_.row_start, slice_.row_end], documents=written.documents, tokens=written.tokens,
+        text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
+        tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(), stored=written.stored,
+    ).to_dict()
 
 
 @dataclass
@@ -403,6 +482,7 @@ class EncodeResult:
     errors: list[str]
     slices_encoded: int = 0
     slices_kept: int = 0
+    executor: str = "ray"  # "ray" or "in-process"
 
     @property
     def complete(self) -> bool:
@@ -416,7 +496,35 @@ class EncodeResult:
                 "bytes_per_token": allt["bytes_per_token"], "shards": len(self.manifest.shards),
                 "seconds": round(self.seconds, 2), "tokens_per_s": round(allt["tokens"] / max(self.seconds, 1e-9)),
                 "slices_encoded": self.slices_encoded, "slices_kept": self.slices_kept,
+                "engine": self.manifest.tokenizer.get("engine"), "executor": self.executor,
                 "splits": {k: v for k, v in totals.items() if k != "all"}}
+
+
+@dataclass
+class _SliceOutcome:
+    """What the driver collected from the slices' tasks."""
+
+    records: list[dict[str, Any]]
+    errors: list[str]
+    kept: int = 0
+    failed: int = 0
+
+    def take(self, slice_: sources.Slice, item: RowsDone | SliceDone | None, progress: Progress) -> bool:
+        """Account one item of a slice's task; True when the task is over (its result or its end)."""
+        if isinstance(item, RowsDone):
+            progress.add(item)
+            return False
+        if isinstance(item, SliceDone):
+            self.records.extend(item.records)
+            self.kept += item.kept
+        else:
+            self.fail(f"{slice_.path} (row groups {slice_.rg_start}-{slice_.rg_end - 1}): the task ended without "
+                      "its result; run the same command again to finish this slice")
+        return True
+
+    def fail(self, message: str) -> None:
+        self.errors.append(message)
+        self.failed += 1
 
 
 def encode(
@@ -433,13 +541,13 @@ def encode(
     show_progress: bool | None = None,
     limit_docs: int | None = None,
     limit_files: int | None = None,
+    in_process: bool | None = None,
 ) -> EncodeResult:
-    """Encode every document of `source` into shards under `out`, one Ray task per slice.
+    """Encode every document of `source` into shards under `out`, one task per slice: Ray tasks, or in this
+    process for a small local run (`runs_in_process`); the shards and manifest are the same either way.
 
     Re-running into the same `out` keeps every slice whose shards verify and encodes only the rest; `out` made by
     another run (tokenizer, files, columns, split or slicing) is refused before anything is touched."""
-    import ray
-
     if not 0 <= val_fraction < 1:
         raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     for name, limit in (("--limit-docs", limit_docs), ("--limit-files", limit_files)):
@@ -448,7 +556,7 @@ def encode(
     t0 = time.time()
     out_dir = storage.display(out)
     storage.check_writable(out_dir)  # a bad endpoint, bucket or credentials fails here, before any task
-    tok = Tokenizer.load(tokenizer_dir)
+    tok = load_cached(str(tokenizer_dir), "")  # the in-process path's tasks find it there: loaded once
     files = sources.resolve_files(source)[:limit_files]
     plan = sources.plan_slices(files, text_column, slice_bytes, limit_docs)
     claim_out_dir(out_dir, {"tokenizer_sha256": tok.sha256, "files": files, "text_column": text_column,
@@ -465,72 +573,88 @@ def encode(
         if not storage.is_url(out_dir):
             atomic.remove_stale_temporaries(Path(out_dir) / split)
 
-    records: list[dict[str, Any]] = []
-    errors: list[str] = list(plan.problems)
-    for recs in done.values():
-        records.extend(recs)
-    kept, failed = len(done), 0
-    # Nothing left to do (a finished run resumed): no Ray instance to start or join.
-    session = ray_session(address, workers) if len(done) < len(plan.slices) else contextlib.nullcontext()
-    with session:
-        # A streaming generator (see encode_slice): progress arrives with the results, no actor needed.
-        task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
-        progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
-        for recs in done.values():  # the slices kept above count as done from the start
-            progress.add(RowsDone(*(sum(r[k] for r in recs) for k in ("documents", "tokens", "text_bytes"))))
-        pending = [s for s in reversed(plan.slices) if s.name not in done]
-        in_flight: dict[Any, sources.Slice] = {}  # ObjectRefGenerator -> its slice
-        cluster_cpus, polled = 1, 0.0
-        try:
-            while pending or in_flight:
-                # Re-read now and then: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks
-                # too. Not every round: a round is one progress report, hundreds a second on a large cluster,
-                # and this is a call to Ray's control store.
-                if time.monotonic() - polled >= CLUSTER_POLL_S:
-                    cluster_cpus, polled = int(ray.cluster_resources().get("CPU", 1)), time.monotonic()
-                while pending and len(in_flight) < _max_in_flight(workers, cluster_cpus):
-                    s = pending.pop()
-                    gen = task.remote(s, str(local_tok), tok.sha256, str(out_dir), val_fraction, text_column,
-                                      id_column)
-                    in_flight[gen] = s
-                ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
-                if ready and rest:  # and every other task with a report waiting, in the same round
-                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-                for gen in ready:  # each has its next item ready (or has ended): take one
-                    s = in_flight[gen]
-                    try:
-                        item = ray.get(next(gen))
-                    except StopIteration:
-                        item = None
-                    except Exception as e:
-                        del in_flight[gen]
-                        errors.append(_task_error(s, e))
-                        failed += 1
-                        continue
-                    if isinstance(item, RowsDone):
-                        progress.add(item)
-                        continue
-                    del in_flight[gen]
-                    if not isinstance(item, SliceDone):
-                        errors.append(f"{s.path} (row groups {s.rg_start}-{s.rg_end - 1}): the task ended without "
-                                      "its result; run the same command again to finish this slice")
-                        failed += 1
-                        continue
-                    records.extend(item.records)
-                    kept += item.kept
-                progress.update()
-        finally:
-            progress.close()
+    task_args = (local_tok, tok.sha256, out_dir, val_fraction, text_column, id_column)
+    outcome = _SliceOutcome(records=[r for recs in done.values() for r in recs], errors=list(plan.problems),
+                            kept=len(done))
+    progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
+    for recs in done.values():  # the slices kept above count as done from the start
+        progress.add(RowsDone(*(sum(r[k] for r in recs) for k in ("documents", "tokens", "text_bytes"))))
+    todo = [s for s in plan.slices if s.name not in done]
+    local = runs_in_process(address, in_process, sum(s.text_bytes_estimate for s in todo))
+    try:
+        # Nothing left to do (a finished run resumed): no Ray instance to start or join.
+        with ray_session(address, workers) if todo else contextlib.nullcontext():
+            if local:
+                _run_slices_here(todo, task_args, workers, outcome, progress)
+            elif todo:
+                _ensure_ray(address, workers)
+                _run_slices_on_ray(todo, task_args, workers, outcome, progress)
+    finally:
+        progress.close()
     if storage.is_url(out_dir):  # what attempts on lost workers left behind
-        remove_uncommitted(out_dir, records)
+        remove_uncommitted(out_dir, outcome.records)
     else:
         for split in ("train", "val"):
             atomic.remove_stale_temporaries(Path(out_dir) / split)
 
-    records.sort(key=lambda r: (r["split"], r["path"]))
-    manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, errors)
+    records = sorted(outcome.records, key=lambda r: (r["split"], r["path"]))
+    manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, outcome.errors)
     manifest.write(out_dir)
-    return EncodeResult(manifest, out_dir, time.time() - t0, errors, len(plan.slices) - kept - failed, kept)
+    return EncodeResult(manifest, out_dir, time.time() - t0, outcome.errors,
+                        len(plan.slices) - outcome.kept - outcome.failed, outcome.kept,
+                        "in-process" if local else "ray")
+
+
+def _run_slices_here(slices: list[sources.Slice], task_args: tuple[Any, ...], workers: int | None,
+                     outcome: _SliceOutcome, progress: Progress) -> None:
+    """Every slice in this process, one after another: the same `encode_slice` as a Ray task runs, so the same
+    shards. The engines' Rust thread pools (RAYON_NUM_THREADS, set here to --workers unless the user set it)
+    spread each batch over the cores instead of Ray's tasks."""
+    os.environ.setdefault("RAYON_NUM_THREADS", str(workers or os.cpu_count() or 1))
+    for slice_ in slices:
+        try:
+            for item in encode_slice(slice_, *task_args, parallel=True):
+                outcome.take(slice_, item, progress)
+        except Exception as e:
+            outcome.fail(_task_error(slice_, e))
+        progress.update()
+
+
+def _run_slices_on_ray(slices: list[sources.Slice], task_args: tuple[Any, ...], workers: int | None,
+                       outcome: _SliceOutcome, progress: Progress) -> None:
+    """The driver loop: keep tasks submitted up to the cluster's CPUs, take their progress items and results as
+    they arrive. A streaming generator per slice (see encode_slice): progress needs no actor."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)(encode_slice)
+    pending = list(reversed(slices))
+    in_flight: dict[Any, sources.Slice] = {}  # ObjectRefGenerator -> its slice
+    cluster_cpus, polled = 1, 0.0
+    while pending or in_flight:
+        # Re-read now and then: nodes that join mid-run (autoscaling, `--scale ray-worker=N`) get tasks too. Not
+        # every round: a round is one progress report, hundreds a second on a large cluster, and this is a call to
+        # Ray's control store.
+        if time.monotonic() - polled >= CLUSTER_POLL_S:
+            cluster_cpus, polled = int(ray.cluster_resources().get("CPU", 1)), time.monotonic()
+        while pending and len(in_flight) < _max_in_flight(workers, cluster_cpus):
+            slice_ = pending.pop()
+            in_flight[task.remote(slice_, *task_args)] = slice_
+        ready, rest = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
+        if ready and rest:  # and every other task with a report waiting, in the same round
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        for gen in ready:  # each has its next item ready (or has ended): take one
+            slice_ = in_flight[gen]
+            try:
+                item = ray.get(next(gen))
+            except StopIteration:
+                item = None
+            except Exception as e:
+                del in_flight[gen]
+                outcome.fail(_task_error(slice_, e))
+                continue
+            if outcome.take(slice_, item, progress):
+                del in_flight[gen]
+        progress.update()
 
 
 def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
@@ -542,18 +666,7 @@ def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:
     return workers
 
 
-def copy_tokenizer(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
-    """Copy a tokenizer directory (local or URL) file by file (atomically each), so OUT/tokenizer is
-    byte-identical to SRC."""
-    from tokshard.pipeline.tokenizer import METADATA_JSON, TOKEN_BYTES_NPY, TOKENIZER_JSON
-
-    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON):
-        if storage.exists(storage.join(src, name)):
-            storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(src, name)))
-
-
-def _task_error(piece: sources.Slice, exc: BaseException) -> str:
+def _task_error(slice_: sources.Slice, exc: BaseException) -> str:
     cause = getattr(exc, "cause", None) or exc
     msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-    return f"{piece.path} (row groups {piece.rg_start}-{piece.rg_end - 1}): {msg}"
-
+    return f"{slice_.path} (row groups {slice_.rg_start}-{slice_.rg_end - 1}): {msg}"

@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tokshard.pipeline.tokenizer import bpe_merge
+
 MAX_WORDS = 4
 SENTENCE_END = ".!?;:"
 
@@ -143,17 +145,7 @@ class _Stage2:
         return parts
 
     def _encode_general(self, parts: list[int]) -> list[int]:
-        token, rank = self.token, self.rank
-        while len(parts) > 1:
-            best, best_rank = -1, len(token)
-            for i in range(len(parts) - 1):
-                r = rank.get(token[parts[i]] + token[parts[i + 1]])
-                if r is not None and r < best_rank:
-                    best, best_rank = i, r
-            if best < 0:
-                break
-            parts[best : best + 2] = [best_rank]
-        return parts
+        return bpe_merge(parts, self.token, self.rank)
 
     def merge(self, pair: tuple[int, int]) -> None:
         """Add the token pair[0]+pair[1] and re-encode every piece holding a pair with those bytes; `pair_count`

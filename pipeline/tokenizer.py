@@ -1,11 +1,11 @@
 """The tokenizer: a byte-level BPE vocabulary, its HF `tokenizer.json`, and the fast encoder over it.
 
 `tokenizer.json` is the single source of truth: it is what we save, what any HF-compatible tool loads, and what
-our encoder is built from (vocabulary ids are tiktoken ranks). Encoding runs in riptoken (a Rust tiktoken
-reimplementation, ~2x tiktoken); the few documents that could hold a pre-split piece long enough for riptoken to
-stop being exact are found by a cheap vectorised byte scan and encoded by tiktoken instead (see `exact_needed`);
-custom patterns and SuperBPE's stage-2 pattern (pipeline/superbpe.py) always use tiktoken. Special-token text
-inside a document is always encoded as plain text.
+our encoder is built from (vocabulary ids are tiktoken ranks). Encoding runs in the fastest engine that is exact
+for the tokenizer's pre-split pattern (`engines.py` in this package; measured in docs/benchmarks.md): gigatoken
+for the presets it implements natively, fastokens (PCRE2 over tokenizer.json) for every other pattern, HF
+tokenizers (the reference itself) where neither loads. Every engine hands back one flat id buffer plus offsets,
+so no Python int list is built on the encode path. Special-token text inside a document is always plain text.
 
 A tokenizer directory holds:
     tokenizer.json     HF tokenizers format (byte-level BPE, regex Split pre-tokenizer, `<|bos|>` template)
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic, hf_folder, storage
+from tokshard.pipeline import atomic, engines, hf_folder, storage
 
-# Regex pre-split presets. HF tokenizers (Oniguruma), tiktoken and riptoken (fancy-regex) all accept these.
+# Regex pre-split presets. HF tokenizers (Oniguruma), fastokens (PCRE2) and tiktoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
     "cl100k": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""",  # noqa: E501
@@ -53,7 +53,10 @@ PATTERNS: dict[str, str] = {
 # GPT-4's pattern with digits grouped by 1-2 instead of 1-3 (nanochat's finding at 32k vocabulary).
 PATTERNS["cl100k-d2"] = PATTERNS["cl100k"].replace(r"\p{N}{1,3}", r"\p{N}{1,2}")
 PATTERN_ALIASES = {"gpt4": "cl100k", "gpt4o": "o200k"}
-DEFAULT_PATTERN = "cl100k-d2"
+# GPT-4's own pattern: gigatoken encodes it natively, 2x or more faster per CPU second end to end than fastokens on
+# `cl100k-d2`, at equal compression (3.864 vs 3.860 bytes/token) and equal tiny-trainer val BPB after 100 steps
+# (2.417 vs 2.420); measured in docs/benchmarks.md, "Default pattern".
+DEFAULT_PATTERN = "cl100k"
 DEFAULT_VOCAB_SIZE = 32768
 
 BOS = "<|bos|>"
@@ -66,51 +69,10 @@ TOKEN_BYTES_NPY = "token_bytes.npy"
 TOKENIZER_FILES = (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON)
 METADATA_FORMAT = "tokshard-tokenizer/1"
 
-# riptoken gives ids identical to tiktoken/HF on pre-split pieces shorter than 500 UTF-8 bytes and may differ on
-# longer ones (it switches merge algorithm and breaks ties between equal ranks differently; measured in
-# docs/benchmarks.md). For the preset patterns a piece is one run of a single class -- letters, digits,
-# punctuation/symbols (which may end in newlines), or whitespace -- plus at most one leading character (<= 4 bytes)
-# and an English contraction suffix (<= 3 bytes). Bytes are classified into bits that over-approximate those
-# classes, so a long piece always lies over a long run of bytes sharing one bit. Such a run of
-# (GUARD_RUN_BLOCKS + 1) * GUARD_BLOCK - 1 bytes contains GUARD_RUN_BLOCKS whole aligned blocks that all carry the
-# bit, which is what the guard looks for: every piece of >= GUARD_CATCHES_FROM bytes is flagged.
-RIPTOKEN_EXACT_BELOW = 500
-GUARD_BLOCK = 64
-GUARD_RUN_BLOCKS = 6
-_PIECE_EDGE_BYTES = 4 + 3
-GUARD_CATCHES_FROM = (GUARD_RUN_BLOCKS + 1) * GUARD_BLOCK - 1 + _PIECE_EDGE_BYTES
-assert GUARD_CATCHES_FROM < RIPTOKEN_EXACT_BELOW
-_LETTER, _DIGIT, _PUNCT, _SPACE = 1, 2, 4, 8
-
-
-def _guard_table() -> np.ndarray:
-    """Byte -> class bits. A byte gets every bit of every class it may belong to, so classifying bytes never
-    splits a real same-class run and the guard can only over-report: non-ASCII bytes may be any class
-    (Unicode letters, digits, symbols, spaces); the ASCII separators \\x1c-\\x1f are whitespace to some regex
-    engines; CR and LF may end a punctuation piece (o200k also lets "/" end one; it is punctuation anyway)."""
-    table = np.full(256, _PUNCT, dtype=np.uint8)  # ASCII symbols and control characters
-    table[np.frombuffer(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", np.uint8)] = _LETTER
-    table[np.frombuffer(b"0123456789", np.uint8)] = _DIGIT
-    table[np.frombuffer(b"\t\x0b\x0c ", np.uint8)] = _SPACE
-    table[np.frombuffer(b"\r\n", np.uint8)] = _SPACE | _PUNCT
-    table[0x1C:0x20] = _SPACE | _PUNCT
-    table[0x80:] = _LETTER | _DIGIT | _PUNCT | _SPACE
-    return table
-
-
-_GUARD_TABLE = _guard_table()
-# Small inputs (a service request) are screened first: every window the block scan flags lies inside a run of
-# GUARD_RUN_BLOCKS * GUARD_BLOCK bytes that share a class bit, so where no such run exists -- one bytes.translate
-# and one substring search per class tell -- the scan would flag nothing, and its fixed cost is skipped.
-GUARD_SCREEN_MAX_BYTES = 4096
-_GUARD_RUN = b"\x01" * (GUARD_RUN_BLOCKS * GUARD_BLOCK)
-_GUARD_BIT_TABLES = tuple(bytes(int(c) & bit != 0 for c in _GUARD_TABLE) for bit in (_LETTER, _DIGIT, _PUNCT, _SPACE))
-_GUARDED_PRESETS = frozenset({"gpt2", "cl100k", "cl100k-d2", "o200k"})
-
-# Long documents are encoded in chunks so a worker's memory does not grow with the document: the ids of a chunk go
-# to numpy before the next chunk is encoded. A chunk ends where every preset pattern ends a piece, so encoding the
-# chunks separately gives exactly the ids of the whole: after a letter followed by a space and a letter (the space
-# starts the next word's piece), or after a newline that follows a non-space and precedes a non-space other than
+# Long documents are encoded in chunks so an engine's working memory (pieces, ids) does not grow with the
+# document. A chunk ends where every preset pattern ends a piece, so encoding the chunks separately gives exactly
+# the ids of the whole: after a letter followed by a space and a letter (the space starts the next word's
+# piece), or after a newline that follows a non-space and precedes a non-space other than
 # "/" (o200k lets "/" continue a punctuation piece past newlines; gpt2 would join a space run and the newline).
 LONG_DOC_CHARS = 1 << 20
 CHUNK_CHARS = 1 << 18
@@ -176,21 +138,30 @@ def _token_from_str(s: str) -> bytes:
         raise ValueError(f"token {s!r} is not a byte-level BPE token (character {e} has no byte)") from None
 
 
-def _merge_pair(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
-    """The two tokens whose merge produced `token`: run tiktoken's BPE over its bytes using only lower ranks."""
-    parts = [token[i : i + 1] for i in range(len(token))]
-    while len(parts) > 2:
-        best, best_rank = -1, rank
+def bpe_merge(ids: list[int], token: Sequence[bytes], rank: dict[bytes, int], below: int | None = None) -> list[int]:
+    """tiktoken's BPE rule, the one definition every encoder here follows: repeatedly merge the adjacent pair whose
+    concatenation is the lowest-ranked token (the leftmost of equals), until no adjacent pair is a token. `ids` are
+    ranks, `token[id]` their bytes; with `below`, only tokens ranked below it may be formed."""
+    parts = list(ids)
+    limit = len(token) if below is None else below
+    while len(parts) > 1:
+        best, best_rank = -1, limit
         for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
+            r = rank.get(token[parts[i]] + token[parts[i + 1]])
             if r is not None and r < best_rank:
                 best, best_rank = i, r
         if best < 0:
             break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        parts[best : best + 2] = [best_rank]
+    return parts
+
+
+def _merge_pair(ranks: dict[bytes, int], id_to_token: Sequence[bytes], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The two tokens whose merge produced `token`: BPE over its bytes using only lower ranks must end in two."""
+    parts = bpe_merge([ranks[token[i : i + 1]] for i in range(len(token))], id_to_token, ranks, below=rank)
     if len(parts) != 2:
         raise ValueError(f"token {token!r} (rank {rank}) is not the merge of two lower-ranked tokens")
-    return parts[0], parts[1]
+    return id_to_token[parts[0]], id_to_token[parts[1]]
 
 
 def build_tokenizer_json(ranks: dict[bytes, int], pattern: str, special_tokens: Sequence[str]) -> dict[str, Any]:
@@ -204,9 +175,9 @@ def build_tokenizer_json(ranks: dict[bytes, int], pattern: str, special_tokens: 
         raise ValueError("ranks must be exactly 0..N-1")
     if any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError("all 256 single bytes must be in the vocabulary")
-    merges = [
-        [token_str(a), token_str(b)] for tok, r in ordered if len(tok) > 1 for a, b in [_merge_pair(ranks, tok, r)]
-    ]
+    id_to_token = [tok for tok, _ in ordered]
+    merges = [[token_str(a), token_str(b)] for tok, r in ordered if len(tok) > 1
+              for a, b in [_merge_pair(ranks, id_to_token, tok, r)]]
     n = len(ordered)
     added = [
         {"id": n + i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
@@ -277,27 +248,14 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def utf8_buffer(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """The UTF-8 bytes of `texts` back to back (uint8) and their int64 offsets (len n+1)."""
-    encoded = [t.encode("utf-8", "surrogatepass") for t in texts]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
-
 class UnencodableError(ValueError):
-    """A text that no exact engine can encode; `index` is its position in the batch that was being encoded."""
+    """A text the engine cannot encode (a run of millions of one character class exceeds its regex engine's
+    limits, as it exceeds HF tokenizers'); `index` is its position in the batch that was being encoded."""
 
     def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)
         self.index = index
         self.reason = reason
-
-
-def _utf8_rows(utf8: tuple[np.ndarray, np.ndarray], start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows start..stop of a (bytes, offsets) UTF-8 buffer, without copying the bytes."""
-    data, offsets = utf8
-    return data[offsets[start] : offsets[stop]], offsets[start : stop + 1] - offsets[start]
 
 
 @dataclass
@@ -311,9 +269,6 @@ class Tokenizer:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        import riptoken
-        import tiktoken
-
         self.vocab_size = len(self.ranks) + len(self.special_tokens)
         expected = set(range(len(self.ranks), self.vocab_size))
         if set(self.special_tokens.values()) != expected:
@@ -321,17 +276,6 @@ class Tokenizer:
         if BOS not in self.special_tokens:
             raise ValueError(f"the vocabulary has no {BOS} token; tokshard needs it as the document separator")
         self.bos_id = self.special_tokens[BOS]
-        # Both engines share the vocabulary (ids are tiktoken ranks). riptoken only where it is provably exact.
-        self._exact = tiktoken.Encoding(
-            name="tokshard", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
-        )
-        # Only the presets have a guard. Any other pattern is encoded by tiktoken, SuperBPE's stage-2 pattern
-        # included: its pieces span words, so the class-run guard cannot bound them, and riptoken measured no
-        # faster than tiktoken on them anyway (docs/benchmarks.md, "SuperBPE").
-        preset = next((name for name, regex in PATTERNS.items() if regex == self.pattern), None)
-        self._guard = _GUARD_TABLE if preset in _GUARDED_PRESETS else None
-        self.engine = "riptoken" if self._guard is not None else "tiktoken"
-        self._fast = None if self._guard is None else riptoken.CoreBPE(self.ranks, self.special_tokens, self.pattern)
         self._id_to_bytes: list[bytes] = [b""] * self.vocab_size
         for tok, r in self.ranks.items():
             self._id_to_bytes[r] = tok
@@ -339,6 +283,11 @@ class Tokenizer:
             self._id_to_bytes[i] = s.encode()
         self.token_bytes = np.array([len(t) for t in self._id_to_bytes], dtype=np.int32)
         self.token_bytes[list(self.special_tokens.values())] = 0
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print every rank (a 32k vocabulary is megabytes of text).
+        return (f"Tokenizer(vocab_size={self.vocab_size:,}, pattern_name={self.pattern_name!r}, "
+                f"sha256={self.sha256[:12] or None!r})")
 
     @property
     def dtype(self) -> np.dtype:
@@ -348,46 +297,35 @@ class Tokenizer:
     def sha256(self) -> str:
         return self.metadata.get("tokenizer_json_sha256", "")
 
+    @property
+    def preset(self) -> str | None:
+        """The preset whose regex this tokenizer pre-splits with, or None for any other pattern."""
+        return next((name for name, regex in PATTERNS.items() if regex == self.pattern), None)
+
     # -- encoding ---------------------------------------------------------------------------------------
-    def exact_needed(self, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Which documents riptoken might encode differently: bool per document.
+    @functools.cached_property
+    def _engine(self) -> engines.Engine:
+        """Built on first use (a tokenizer that is only trained and saved never needs one)."""
+        from tokshard.pipeline.superbpe import STAGE2_PATTERNS  # superbpe builds on this module
 
-        `data` is the uint8 UTF-8 of all documents back to back, `offsets` their int64 boundaries (len n+1).
-        Inputs of up to GUARD_SCREEN_MAX_BYTES without a long one-class run are answered without the block scan
-        (`_guard_scan`); the answer is the scan's either way.
-        """
-        if self._guard is None:
-            return np.ones(len(offsets) - 1, dtype=bool)
-        if len(data) < GUARD_RUN_BLOCKS * GUARD_BLOCK or (
-                len(data) <= GUARD_SCREEN_MAX_BYTES
-                and not any(_GUARD_RUN in data.tobytes().translate(t) for t in _GUARD_BIT_TABLES)):
-            return np.zeros(len(offsets) - 1, dtype=bool)
-        return self._guard_scan(data, offsets)
+        verified = self.preset is not None or self.pattern in STAGE2_PATTERNS.values()
+        return engines.choose_engine(self.preset, self.ranks, lambda: self._spec_json, verified_pattern=verified)
 
-    def _guard_scan(self, data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """The guard proper: a table lookup, a block-wise AND (eight bytes at a time, then the eight lanes) and an
-        AND over each window of GUARD_RUN_BLOCKS blocks, nonzero where all its bytes share a class bit; no Python
-        loop over bytes or documents."""
-        n_docs = len(offsets) - 1
-        n_blocks = len(data) // GUARD_BLOCK
-        if n_blocks < GUARD_RUN_BLOCKS:
-            return np.zeros(n_docs, dtype=bool)
-        lanes = np.take(self._guard, data[: n_blocks * GUARD_BLOCK]).view(np.uint64).reshape(n_blocks, -1)
-        blocks = np.bitwise_and.reduce(np.bitwise_and.reduce(lanes, axis=1).view(np.uint8).reshape(n_blocks, 8),
-                                       axis=1)
-        n_windows = n_blocks - GUARD_RUN_BLOCKS + 1
-        window = blocks[:n_windows].copy()
-        for k in range(1, GUARD_RUN_BLOCKS):
-            window &= blocks[k : k + n_windows]
-        hot = np.flatnonzero(window)  # first block of each window whose bytes all share a class bit
-        if not len(hot):
-            return np.zeros(n_docs, dtype=bool)
-        first = np.searchsorted(offsets, hot * GUARD_BLOCK, side="right") - 1
-        last = np.searchsorted(offsets, (hot + GUARD_RUN_BLOCKS) * GUARD_BLOCK - 1, side="right") - 1
-        marks = np.zeros(n_docs + 1, dtype=np.int64)  # +1 at each window's first document, -1 after its last
-        np.add.at(marks, first, 1)
-        np.add.at(marks, last + 1, -1)
-        return np.cumsum(marks[:-1]) > 0
+    def use_engine(self, name: str) -> None:
+        """Encode with engine `name` from now on (benchmarks and tests compare engines); raises if it cannot."""
+        self.__dict__["_engine"] = engines.choose_engine(self.preset, self.ranks, lambda: self._spec_json,
+                                                         forced=name)
+
+    @property
+    def engine(self) -> str:
+        """The name of the engine that encodes for this tokenizer (recorded in manifests and reports)."""
+        return self._engine.name
+
+    @functools.cached_property
+    def _spec_json(self) -> str:
+        """tokenizer.json's text: the file as loaded, or rebuilt from the ranks for a tokenizer not loaded."""
+        specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
+        return json.dumps(build_tokenizer_json(self.ranks, self.pattern, specials), ensure_ascii=False)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Ids of `text` as plain text (special-token strings included), without `<|bos|>`."""
@@ -396,106 +334,77 @@ class Tokenizer:
     def encode(self, text: str, bos: bool = True) -> list[int]:
         return self.encode_batch([text], bos=bos)[0]
 
-    def encode_batch(self, texts: Sequence[str], bos: bool = True, utf8: tuple[np.ndarray, np.ndarray] | None = None
-                     ) -> list[list[int]]:
-        """Encode many texts in one call; riptoken fans out over its thread pool with the GIL released
-        (Ray tasks pin it to one thread). `utf8` = (bytes, offsets) of the texts when the caller has them
-        (an Arrow string column does), to skip re-encoding them for the guard."""
-        texts = list(texts)
-        if self._fast is None:
-            out = [self._encode_exact(t, i) for i, t in enumerate(texts)]
-        else:
-            exact = np.flatnonzero(self.exact_needed(*(utf8 if utf8 is not None else utf8_buffer(texts))))
-            fast_texts = texts
-            if len(exact):
-                fast_texts = list(texts)
-                for i in exact:
-                    fast_texts[i] = ""  # encoded below by tiktoken; don't pay for it twice
-            out = self._fast.encode_ordinary_batch(fast_texts)
-            for i in exact:
-                out[i] = self._encode_exact(texts[i], i)
-        if bos:
-            out = [[self.bos_id, *ids] for ids in out]
-        return out
+    def encode_batch(self, texts: Sequence[str], bos: bool = True) -> list[list[int]]:
+        """Ids of each text as Python lists (the service's JSON, tests). Bulk encoding uses `encode_to_array`."""
+        flat, offsets = self.encode_to_array(texts, bos=bos)
+        ids = flat.tolist()
+        bounds = offsets.tolist()
+        return [ids[a:b] for a, b in itertools.pairwise(bounds)]
 
-    def _encode_exact(self, text: str, index: int) -> list[int]:
-        """tiktoken, or HF tokenizers (the reference itself, slower) where tiktoken's regex engine gives up: its
-        backtracking overflows the stack on whitespace runs of some 10^5-10^6 characters and panics. Oniguruma
-        (HF) gives up too on runs of tens of millions; then no exact engine can encode the text."""
-        try:
-            return self._exact.encode_ordinary(text)
-        except BaseException as e:  # pyo3's PanicException derives from BaseException
-            if type(e).__name__ != "PanicException":
-                raise
-        try:
-            return self._reference().encode(text, add_special_tokens=False).ids
-        except BaseException as e:
-            if type(e).__name__ != "PanicException" and not isinstance(e, Exception):
-                raise
-            raise UnencodableError(index, f"no exact engine can encode it (tiktoken and HF tokenizers both failed: "
-                                   f"{str(e).strip()[:120]}); it likely holds a run of millions of one character "
-                                   "class -- strip or drop that row") from None
-
-    @functools.cached_property
-    def _reference_spec(self) -> str:
-        specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
-        return json.dumps(build_tokenizer_json(self.ranks, self.pattern, specials))
-
-    def _reference(self) -> Any:
-        import tokenizers
-
-        hf = tokenizers.Tokenizer.from_str(self._reference_spec)
-        hf.encode_special_tokens = True
-        return hf
-
-    def encode_to_array(self, texts: Sequence[str], bos: bool = True,
-                        utf8: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Encode texts into one flat id array (`self.dtype`) plus int64 row offsets (len = rows + 1).
+    def encode_to_array(self, texts: Sequence[str], bos: bool = True, parallel: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode texts into one flat id array (`self.dtype`) plus int64 row offsets (len = rows + 1), with
+        `<|bos|>` first in every row when `bos`. The engine's uint32 buffer is copied once, into this array.
+        `parallel`: the engine may use its thread pool (engines.py); the ids are the same.
 
         Documents longer than LONG_DOC_CHARS go through `piece_aligned_chunks` (preset patterns only), so the
-        Python lists alive at any time hold at most a chunk's ids, whatever the document's size."""
+        engine's working memory is bounded by a chunk, whatever the document's size."""
         texts = texts if isinstance(texts, list) else list(texts)
-        long_docs = [i for i, t in enumerate(texts) if len(t) > LONG_DOC_CHARS] if self._guard is not None else []
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        long_docs = np.flatnonzero(lengths > LONG_DOC_CHARS).tolist() if self.preset else []
         if not long_docs:
-            return self._rows_to_array(self.encode_batch(texts, bos=False, utf8=utf8), bos)
+            return self._with_bos(*self._encode_flat(texts, parallel), bos)
         parts: list[np.ndarray] = []
-        lengths: list[np.ndarray] = []
+        row_lengths: list[np.ndarray] = []
         start = 0
         for i in [*long_docs, len(texts)]:
             if i > start:  # the run of ordinary documents before this long one
-                sub = None if utf8 is None else _utf8_rows(utf8, start, i)
                 try:
-                    rows = self.encode_batch(texts[start:i], bos=False, utf8=sub)
+                    flat, offsets = self._encode_flat(texts[start:i], parallel)
                 except UnencodableError as e:
                     raise UnencodableError(start + e.index, e.reason) from None
-                flat, offsets = self._rows_to_array(rows, bos)
                 parts.append(flat)
-                lengths.append(np.diff(offsets))
+                row_lengths.append(np.diff(offsets))
             if i < len(texts):
-                parts.append(self._encode_long(texts[i], i, bos))
-                lengths.append(np.array([len(parts[-1])], dtype=np.int64))
+                doc = []
+                for chunk in piece_aligned_chunks(texts[i]):
+                    try:
+                        doc.append(self._encode_flat([chunk])[0])
+                    except UnencodableError as e:
+                        raise UnencodableError(i, e.reason) from None
+                parts.append(np.concatenate(doc))
+                row_lengths.append(np.array([len(parts[-1])], dtype=np.int64))
             start = i + 1
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(lengths), out=offsets[1:])
-        return np.concatenate(parts), offsets
+        np.cumsum(np.concatenate(row_lengths), out=offsets[1:])
+        return self._with_bos(np.concatenate(parts), offsets, bos)
 
-    def _encode_long(self, text: str, index: int, bos: bool) -> np.ndarray:
-        doc = [np.array([self.bos_id] if bos else [], dtype=self.dtype)]
-        for chunk in piece_aligned_chunks(text):
-            try:
-                doc.append(self._rows_to_array(self.encode_batch([chunk], bos=False), bos=False)[0])
-            except UnencodableError as e:
-                raise UnencodableError(index, e.reason) from None
-        return np.concatenate(doc)
+    def _encode_flat(self, texts: list[str], parallel: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's (uint32 ids, offsets); an engine error is pinned to the text that caused it."""
+        try:
+            return self._engine.encode_flat(texts, parallel)
+        except Exception as first:
+            for i, text in enumerate(texts):  # which text? (an error is rare: one text at a time is fine)
+                try:
+                    self._engine.encode_flat([text])
+                except Exception as e:
+                    raise UnencodableError(i, f"the {self.engine} engine cannot encode it ({str(e).strip()[:160]}); "
+                                           "it likely holds a run of millions of one character class, which HF "
+                                           "tokenizers cannot split either -- strip or drop that row") from None
+            raise first
 
-    def _rows_to_array(self, rows: list[list[int]], bos: bool) -> tuple[np.ndarray, np.ndarray]:
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)) + (1 if bos else 0)
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        # One pass from Python ints to numpy; with bos the stream is bos, row, bos, row, ...
-        pieces = itertools.chain.from_iterable(zip(itertools.repeat((self.bos_id,)), rows)) if bos else rows
-        flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=self.dtype, count=int(offsets[-1]))
-        return flat, offsets
+    def _with_bos(self, flat: np.ndarray, offsets: np.ndarray, bos: bool) -> tuple[np.ndarray, np.ndarray]:
+        """`flat` cast to `self.dtype`, with `<|bos|>` before every row when `bos`: one vectorised copy."""
+        if not bos:
+            return flat.astype(self.dtype, copy=False), offsets
+        n_rows = len(offsets) - 1
+        out_offsets = offsets + np.arange(n_rows + 1, dtype=np.int64)
+        out = np.empty(len(flat) + n_rows, dtype=self.dtype)
+        is_text = np.ones(len(out), dtype=bool)
+        is_text[out_offsets[:-1]] = False
+        out[~is_text] = self.bos_id
+        out[is_text] = flat
+        return out, out_offsets
 
     # -- decoding ---------------------------------------------------------------------------------------
     def id_bytes(self, token_id: int) -> bytes:
@@ -572,15 +481,25 @@ class Tokenizer:
         if meta.get("tokenizer_json_sha256") not in (None, digest):
             raise ValueError(f"{path} does not match the sha256 recorded in {d / METADATA_JSON}: "
                              "the file was changed after training; re-train or restore it")
-        ranks, pattern, specials = parse_tokenizer_json(json.loads(path.read_text()))
+        text = path.read_text()
+        ranks, pattern, specials = parse_tokenizer_json(json.loads(text))
         meta["tokenizer_json_sha256"] = digest
         tok = cls(ranks=ranks, pattern=pattern, special_tokens=specials,
                   pattern_name=meta.get("pattern_name", "custom"), metadata=meta)
+        tok.__dict__["_spec_json"] = text  # the engines load this very file: no need to rebuild it
         if (d / TOKEN_BYTES_NPY).is_file():
             saved = np.load(d / TOKEN_BYTES_NPY)
             if not np.array_equal(saved, tok.token_bytes):
                 raise ValueError(f"{d / TOKEN_BYTES_NPY} disagrees with {path}; delete it and re-save the tokenizer")
         return tok
+
+
+def copy_tokenizer(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Copy a tokenizer directory (local or URL, pipeline/storage.py) file by file (atomically each), so `dest` is
+    byte-identical to `src`."""
+    for name in TOKENIZER_FILES:
+        if storage.exists(storage.join(src, name)):
+            storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(src, name)))
 
 
 _LOADED: collections.OrderedDict[str, Tokenizer] = collections.OrderedDict()
@@ -595,6 +514,8 @@ def load_cached(directory: str, sha256: str) -> Tokenizer:
     sha256 of tokenizer.json fixes everything encoding depends on (ranks, pattern, special tokens); the file in
     `directory` is still hashed on every call (~1 ms), so a changed directory is never served from the cache."""
     local = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
+    if not (local / TOKENIZER_JSON).is_file():
+        return Tokenizer.load(directory)  # raises the error that says what is missing
     on_disk = sha256_file(local / TOKENIZER_JSON)
     if sha256 and on_disk != sha256:
         raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")

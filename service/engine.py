@@ -2,7 +2,8 @@
 
 Everything here is plain synchronous Python over `pipeline.Tokenizer`, so the routes can run it on the event loop
 (small requests) or in a thread pool (large ones) without caring which. A batch is encoded with one call to the
-tokenizer's `encode_batch`, reusing the UTF-8 bytes we already computed to check the limits. Per-id tables
+tokenizer's engine (pipeline/engines.py), which hands back one flat id buffer; the response's lists are cut from
+it. Per-id tables
 (bytes, text, HF token string) are built once at start-up, so a response costs list lookups, not decoding.
 
 Input problems raise `ServiceError` naming the offending item: `prompt[3]` for a text, `tokens[1][7]` for an id.
@@ -38,6 +39,7 @@ class Engine:
     def __init__(self, tokenizer: Tokenizer, limits: Limits) -> None:
         self.tokenizer = tokenizer
         self.limits = limits
+        tokenizer.encode_batch(["warm-up"], bos=False)  # build the encoding engine now, not on the first request
         self.vocab_size = tokenizer.vocab_size
         self.bos_id = tokenizer.bos_id
         self.special_ids = frozenset(tokenizer.special_tokens.values())
@@ -71,18 +73,15 @@ class Engine:
             out.append(data)
         return out
 
-    def encode_utf8(self, texts: Sequence[str], data: Sequence[bytes], bos: bool) -> list[list[int]]:
-        """Ids of every text in one engine call, given their UTF-8 (from `utf8`) so the guard need not redo it."""
-        offsets = np.zeros(len(data) + 1, dtype=np.int64)
-        np.cumsum([len(d) for d in data], out=offsets[1:])
-        buffer = np.frombuffer(b"".join(data), dtype=np.uint8)
-        return self.tokenizer.encode_batch(texts, bos=bos, utf8=(buffer, offsets))
+    def encode_checked(self, texts: Sequence[str], bos: bool) -> list[list[int]]:
+        """Ids of every text in one engine call; the texts have passed `utf8` (the limits) already."""
+        return self.tokenizer.encode_batch(texts, bos=bos)
 
     def encode(self, texts: Sequence[str], bos: bool, name: str = "prompt", batched: bool = True
                ) -> tuple[list[list[int]], list[bytes]]:
         """Check, then encode: ids of every text and their UTF-8."""
         data = self.utf8(texts, name, batched)
-        return self.encode_utf8(texts, data, bos), data
+        return self.encode_checked(texts, bos), data
 
     def pieces(self, ids: list[int]) -> list[dict[str, Any]]:
         """One entry per id with its UTF-8 byte span in the input; bos spans no bytes (start == end)."""

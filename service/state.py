@@ -78,9 +78,9 @@ class ServiceState:
             return await asyncio.get_running_loop().run_in_executor(self._pool, work)
         data = self.engine.utf8(texts, name, batched)
         if self.config.coalesce:
-            ids = await self.coalescer.encode(texts, data)
+            ids = await self.coalescer.encode(texts)
         else:
-            ids = self.engine.encode_utf8(texts, data, bos=False)
+            ids = self.engine.encode_checked(texts, bos=False)
         return self.engine.results(ids, **options), sum(map(len, data))
 
     async def run_model(self, fn: Callable[..., T], *args: Any) -> T:

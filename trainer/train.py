@@ -284,7 +284,7 @@ def train(cfg: TrainConfig, resume: bool = False, echo: Callable[[str], None] | 
         del state
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        from tokshard.pipeline.jobs import copy_tokenizer
+        from tokshard.pipeline.tokenizer import copy_tokenizer
 
         copy_tokenizer(ds.tokenizer_dir, out / TOKENIZER)
         atomic.write_json(out / CONFIG_JSON, {"train": c, "model": model_cfg.to_dict(),

@@ -140,8 +140,9 @@ def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, refer
     marker = f"RAY_TMPDIR={ray_tmp}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
     # --workers 1: slow enough that the driver dies with slices both finished and unfinished (~34 slices).
-    driver = subprocess.Popen(_encode_cmd(big_source, small_tokenizer_dir, out, "--workers", "1"), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = _encode_cmd(big_source, small_tokenizer_dir, out, "--workers", "1", "--no-in-process")  # Ray's driver
+    driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
     try:
         wait_for(lambda: _committed_slices(out) >= 3, 180, "three committed slices")
     finally:

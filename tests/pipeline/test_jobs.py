@@ -241,14 +241,92 @@ def test_live_progress_counts_every_row_group(corpus_dir, small_tokenizer_dir, t
 def test_encode_slice_reports_one_item_per_row_group_on_both_paths(corpus_dir, small_tokenizer_dir, tmp_path):
     """Ray drops the items of a retried generator by position, so the path that keeps a finished slice must
     yield as many items as the one that encodes it, or a retry's result would be lost."""
-    piece = next(s for s in sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=1 << 20).slices
-                 if s.rg_end - s.rg_start > 2)
+    slice_ = next(s for s in sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=1 << 20).slices
+                  if s.rg_end - s.rg_start > 2)
     for split in ("train", "val"):
         (tmp_path / split).mkdir()
-    args = (piece, str(small_tokenizer_dir), Tokenizer.load(small_tokenizer_dir).sha256, str(tmp_path), 0.1, "text",
+    args = (slice_, str(small_tokenizer_dir), Tokenizer.load(small_tokenizer_dir).sha256, str(tmp_path), 0.1, "text",
             "id")
     encoded, kept = list(jobs.encode_slice(*args)), list(jobs.encode_slice(*args))
-    assert len(encoded) == len(kept) == piece.rg_end - piece.rg_start + 1
+    assert len(encoded) == len(kept) == slice_.rg_end - slice_.rg_start + 1
     assert all(isinstance(x, RowsDone) for x in encoded[:-1] + kept[:-1])
     assert encoded[-1] == jobs.SliceDone(encoded[-1].records, False) and kept[-1] == (encoded[-1].records, True)
     assert [sum(col) for col in zip(*encoded[:-1], strict=True)] == [sum(col) for col in zip(*kept[:-1], strict=True)]
+
+
+def _manifest_without_clocks(out) -> dict:
+    """The manifest minus what differs between any two runs (creation time, per-shard seconds, rate, worker)."""
+    data = json.loads((out / "manifest.json").read_text())
+    data.pop("created")
+    for rec in data["shards"]:
+        for key in ("seconds", "tokens_per_s", "worker"):
+            rec.pop(key)
+    return data
+
+
+def test_in_process_run_writes_what_ray_writes(encoded, corpus_dir, small_tokenizer_dir, tmp_path):
+    """The path without Ray (small local runs) runs the same tasks: byte-identical shards, slice records and
+    tokenizer copy, and the same manifest but for clocks and worker names; it resumes a Ray run's OUT and vice
+    versa, keeping what verifies."""
+    _, ray_out = encoded
+    local = _encode(corpus_dir, small_tokenizer_dir, tmp_path / "local", in_process=True)
+    assert local.executor == "in-process" and local.complete
+    assert shard_bytes(tmp_path / "local") == shard_bytes(ray_out)
+    assert _manifest_without_clocks(tmp_path / "local") == _manifest_without_clocks(ray_out)
+    assert Manifest.read(tmp_path / "local").tokenizer["engine"] == Tokenizer.load(small_tokenizer_dir).engine
+    for name in ("tokenizer/tokenizer.json", "tokenizer/tokshard.json", "tokenizer/token_bytes.npy", "run.json"):
+        assert (ray_out / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    for record in (ray_out / "slices").iterdir():
+        a, b = (json.loads(p.read_text()) for p in (record, tmp_path / "local" / "slices" / record.name))
+        for rec in a["shards"] + b["shards"]:
+            for key in ("seconds", "tokens_per_s", "worker"):
+                rec.pop(key)
+        assert a == b, record.name
+    # Resume across paths: a Ray run keeps the in-process run's slices, and the other way round.
+    next(iter(sorted((tmp_path / "local").glob("train/*.arrow")))).unlink()
+    again = _encode(corpus_dir, small_tokenizer_dir, tmp_path / "local", in_process=False)
+    assert again.executor == "ray" and again.slices_encoded == 1 and again.slices_kept > 3
+    assert shard_bytes(tmp_path / "local") == shard_bytes(ray_out)
+    import shutil
+
+    shutil.copytree(ray_out, tmp_path / "from-ray")
+    next(iter(sorted((tmp_path / "from-ray").glob("val/*.arrow")))).unlink()
+    resumed = _encode(corpus_dir, small_tokenizer_dir, tmp_path / "from-ray", in_process=True)
+    assert resumed.executor == "in-process" and resumed.slices_encoded == 1
+    assert shard_bytes(tmp_path / "from-ray") == shard_bytes(ray_out)
+
+
+def test_in_process_run_reports_a_bad_file_and_completes_the_others(corpus_dir, small_tokenizer_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus_dir, src)
+    good = (src / "part-01.parquet").read_bytes()
+    (src / "part-01.parquet").write_bytes(good[: len(good) // 2])
+    result = _encode(src, small_tokenizer_dir, tmp_path / "out", in_process=True)
+    assert not result.complete and any("part-01.parquet" in e for e in result.errors), result.errors
+    assert {r["source"] for r in result.manifest.shards} == {str(src / "part-00.parquet"), str(src / "part-02.parquet")}
+
+
+def test_where_a_run_goes(monkeypatch):
+    """In this process when there is no cluster to use and the text is small; Ray otherwise, or as asked."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    assert jobs.runs_in_process(None, None, 10 << 20)
+    assert not jobs.runs_in_process(None, None, jobs.LOCAL_MAX_BYTES + 1)
+    assert not jobs.runs_in_process("auto", None, 10 << 20)
+    assert jobs.runs_in_process(None, True, jobs.LOCAL_MAX_BYTES * 4)
+    assert not jobs.runs_in_process(None, False, 1)
+    with pytest.raises(ValueError, match="cannot be combined with --address"):
+        jobs.runs_in_process("auto", True, 1)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a `ray job submit` entrypoint joins its cluster
+    assert not jobs.runs_in_process(None, None, 1)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # a notebook's or a test's Ray: use it
+    assert not jobs.runs_in_process(None, None, 1)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    with jobs.ray_session("127.0.0.1:6379"):  # `tokshard run --address`: the jobs inside join that cluster
+        assert not jobs.runs_in_process(None, None, 1)
+    assert jobs.runs_in_process(None, None, 1)

@@ -450,7 +450,7 @@ def test_coalescer_encodes_concurrent_requests_in_one_engine_call(small_tokenize
         coalescer = Coalescer(engine, max_chars=max_chars, on_flush=sizes.append)
 
         async def all_at_once() -> list[list[list[int]]]:
-            return await asyncio.gather(*(coalescer.encode(r, [t.encode() for t in r]) for r in requests))
+            return await asyncio.gather(*(coalescer.encode(r) for r in requests))
 
         return asyncio.run(all_at_once()), sizes
 

@@ -23,7 +23,7 @@ TORCH_INDEX ?= $(if $(TORCH_LOCAL),,https://download.pytorch.org/whl/$(TORCH_VAR
 CORE := $(VENV)/.installed-core
 FULL := $(VENV)/.installed-full
 
-.PHONY: install install-core run test test-fast lint bench clean
+.PHONY: install install-core run test test-fast test-compose lint bench clean
 
 $(CORE): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,6 +48,13 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The Docker tests (marker `compose`, skipped by `make test`): build the images from this checkout, run
+# docker-compose.yml (encode job, API, a worker killed mid-encode) and `ray up`/`ray submit`/`ray down` with
+# deploy/cluster-onprem.yaml on SSH containers. Needs a Docker engine, a BuildKit-capable client and the compose v2+
+# plugin; without an image registry also root and debootstrap (deploy/base-image.sh). .ci/run installs all of it.
+test-compose: install
+	$(BIN)/python -m pytest -q -m compose tests/deploy/test_compose_cluster.py tests/deploy/test_ray_up.py
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"

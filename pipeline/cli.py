@@ -22,8 +22,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import balance, eval_report, evaluate, export, jobs, mix, sources
-from tokshard.pipeline.manifest import MANIFEST, Manifest
+from tokshard.pipeline import balance, eval_report, evaluate, export, jobs, mix, sources, storage
+from tokshard.pipeline.manifest import MANIFEST, Manifest, unlisted_shards
 from tokshard.pipeline.tokenizer import (
     DEFAULT_PATTERN,
     DEFAULT_VOCAB_SIZE,
@@ -300,6 +300,7 @@ def _train_lines(s: dict[str, Any]) -> list[str]:
 
 
 def cmd_train_tokenizer(args: argparse.Namespace) -> int:
+    storage.check_writable(args.out)  # before any task: a bad bucket/endpoint/credentials is exit 2 at once
     if args.balance_by is None and (args.balance_alpha is not None or args.balance_weights):
         raise ValueError("--balance-alpha and --balance-weights need --balance-by COLUMN")
     alpha = balance.DEFAULT_ALPHA if args.balance_alpha is None else args.balance_alpha
@@ -328,49 +329,54 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
-        shutil.rmtree(stale, ignore_errors=True)
+    storage.check_writable(args.out)  # before any task: a bad bucket/endpoint/credentials is exit 2 at once
+    remote = storage.is_url(args.out)
+    tmp_parent = None if remote else Path(args.out)  # train beside a local OUT, in the system's temp dir for a URL
+    if tmp_parent is not None:
+        for stale in tmp_parent.glob(f"{TRAIN_TMP_PREFIX}*"):  # left by a run that was killed while training
+            shutil.rmtree(stale, ignore_errors=True)
     settings = {"vocab_size": args.vocab_size, "sample_bytes": args.sample_bytes, "pattern": args.pattern,
                 "seed": args.seed, "text_column": args.text_column, "id_column": args.id_column,
                 "superbpe_transition": args.superbpe_transition}
-    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=out,
+    out_tok = storage.join(args.out, "tokenizer")
+    with jobs.ray_session(args.address, args.workers), tempfile.TemporaryDirectory(dir=tmp_parent,
                                                                                    prefix=TRAIN_TMP_PREFIX) as tmp:
-        trained = jobs.reusable_tokenizer(out / "tokenizer", args.source, **settings)
+        trained = jobs.reusable_tokenizer(out_tok, args.source, **settings)
         if trained is None:
             # Trained beside OUT: encode checks OUT belongs to this run before it copies the tokenizer in.
             trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", in_process=args.in_process,
                                            **settings)
         result = _encode(args, str(trained.tokenizer_dir))
-        trained.tokenizer_dir = out / "tokenizer"
+        trained.tokenizer_dir = out_tok if remote else Path(out_tok)
     summary = {"tokenizer": trained.summary(), **result.summary()}
     _print(args, summary, _train_lines(trained.summary()) + _encode_lines(result.summary()))
     return 0 if result.complete else EXIT_INCOMPLETE
 
 
-def _tokenizer_problems(path: Path) -> tuple[str, list[str]]:
-    """What `Tokenizer.load` could check in a tokenizer directory, and the files a complete one lacks.
+def _tokenizer_problems(path: str) -> tuple[str, list[str]]:
+    """What `Tokenizer.load` could check in a tokenizer directory (local or URL), and the files a complete one
+    lacks.
 
     load verifies tokenizer.json against the sha256 in tokshard.json and token_bytes.npy against tokenizer.json,
     but only when those files are there; a directory without them loads, so inspect names each one missing."""
     problems = []
     recorded = None
-    if (path / METADATA_JSON).is_file():
-        recorded = json.loads((path / METADATA_JSON).read_text()).get("tokenizer_json_sha256")
+    meta_path, bytes_path = storage.join(path, METADATA_JSON), storage.join(path, TOKEN_BYTES_NPY)
+    if storage.exists(meta_path):
+        recorded = storage.read_json(meta_path).get("tokenizer_json_sha256")
         if recorded is None:
-            problems.append(f"{path / METADATA_JSON}: records no tokenizer_json_sha256, so {TOKENIZER_JSON} cannot "
+            problems.append(f"{meta_path}: records no tokenizer_json_sha256, so {TOKENIZER_JSON} cannot "
                             "be verified; re-save the tokenizer")
     else:
-        problems.append(f"{path / METADATA_JSON}: missing, so {TOKENIZER_JSON} cannot be verified (and the training "
+        problems.append(f"{meta_path}: missing, so {TOKENIZER_JSON} cannot be verified (and the training "
                         "record is lost); re-save the tokenizer or copy the whole directory")
-    if not (path / TOKEN_BYTES_NPY).is_file():
-        problems.append(f"{path / TOKEN_BYTES_NPY}: missing (bits-per-byte needs it); re-save the tokenizer")
+    if not storage.exists(bytes_path):
+        problems.append(f"{bytes_path}: missing (bits-per-byte needs it); re-save the tokenizer")
     verified = f"verified against {METADATA_JSON}" if recorded is not None else "NOT verified"
     return verified, problems
 
 
-def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+def _inspect_tokenizer(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
     tok = Tokenizer.load(path)  # verifies the sha256 recorded in tokshard.json, when it is there
     meta = tok.metadata
     verified, problems = _tokenizer_problems(path)
@@ -391,12 +397,14 @@ def _inspect_tokenizer(path: Path) -> tuple[dict[str, Any], list[str], list[str]
     return summary, lines, problems
 
 
-def _inspect_shards(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
+def _inspect_shards(path: str) -> tuple[dict[str, Any], list[str], list[str]]:
     manifest = Manifest.read(path)
     problems = manifest.verify(path) + [f"run incomplete: {e}" for e in manifest.data.get("errors", [])]
     totals = manifest.totals()
+    # On an object store: shard objects of attempts that never committed (removed at the end of the next run).
+    uncommitted = unlisted_shards(path, manifest.shards) if storage.is_url(path) else []
     summary = {"kind": "shards", "path": str(path), "tokenizer": manifest.tokenizer, "totals": totals,
-               "shards": len(manifest.shards), "problems": problems}
+               "shards": len(manifest.shards), "uncommitted": uncommitted, "problems": problems}
     lines = [f"shards {path}: {len(manifest.shards)} shards verified against {MANIFEST}, "
              f"tokenizer {manifest.tokenizer['sha256'][:12]}… ({manifest.tokenizer['dtype']}), "
              f"encoded by {manifest.tokenizer.get('engine', 'an unrecorded engine')}"]
@@ -404,14 +412,18 @@ def _inspect_shards(path: Path) -> tuple[dict[str, Any], list[str], list[str]]:
         t = totals[split]
         lines.append(f"  {split:5s}: {t['documents']:,} docs, {t['tokens']:,} tokens, {t['text_bytes'] / 1e6:,.1f} MB,"
                      f" {t['bytes_per_token']:.3f} bytes/token")
+    if uncommitted:
+        more = " …" if len(uncommitted) > 5 else ""
+        lines.append(f"  {len(uncommitted)} uncommitted object(s) of dead attempts, not part of the run (the next "
+                     f"run into {path} removes them): {', '.join(uncommitted[:5])}{more}")
     return summary, lines, problems
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    path = Path(args.path)
-    if (path / MANIFEST).is_file():
+    path = storage.display(args.path)
+    if storage.exists(storage.join(path, MANIFEST)):
         summary, lines, problems = _inspect_shards(path)
-    elif (path / TOKENIZER_JSON).is_file():
+    elif storage.exists(storage.join(path, TOKENIZER_JSON)):
         summary, lines, problems = _inspect_tokenizer(path)
     else:
         raise FileNotFoundError(f"{path} holds neither {MANIFEST} (a shard directory) nor {TOKENIZER_JSON} "

@@ -19,12 +19,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from tokshard.pipeline import atomic, balance, sources, superbpe
+from tokshard.pipeline import atomic, balance, sources, storage, superbpe
 from tokshard.pipeline.manifest import (
     Manifest,
     ShardRecord,
     claim_out_dir,
+    committed_slices,
     read_slice_records,
+    remove_uncommitted,
     verify_shards,
     write_slice_records,
 )
@@ -203,12 +205,12 @@ class TrainResult:
         return out
 
 
-def reusable_tokenizer(tokenizer_dir: Path, source: str | None, *, vocab_size: int, sample_bytes: int, pattern: str,
-                       seed: int, text_column: str, id_column: str,
+def reusable_tokenizer(tokenizer_dir: str | os.PathLike[str], source: str | None, *, vocab_size: int,
+                       sample_bytes: int, pattern: str, seed: int, text_column: str, id_column: str,
                        superbpe_transition: int | None = None) -> TrainResult | None:
     """The tokenizer an earlier `tokshard run` trained with exactly these settings, or None: training is
     deterministic, so resuming a run need not train again."""
-    if not (tokenizer_dir / METADATA_JSON).is_file():
+    if not storage.exists(storage.join(tokenizer_dir, METADATA_JSON)):
         return None
     tok = Tokenizer.load(tokenizer_dir)
     t = tok.metadata.get("training") or {}
@@ -421,7 +423,7 @@ def encode_slice(
     slice done (the first attempt died between writing it and reporting it) must not yield fewer, or its
     `SliceDone` would be dropped."""
     t0 = time.time()
-    out = Path(out_dir)
+    out = out_dir  # a local directory or a URL (pipeline/storage.py)
     info = asdict(slice_)
     done = read_slice_records(out, slice_.name)
     if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
@@ -453,28 +455,29 @@ def encode_slice(
     yield SliceDone(records, False)
 
 
-def _write_split(out: Path, slice_: sources.Slice, split: str, buf: _SplitBuffer, tok: Tokenizer,
+def _write_split(out: str, slice_: sources.Slice, split: str, buf: _SplitBuffer, tok: Tokenizer,
                  tokenizer_sha256: str, t0: float) -> dict[str, Any]:
     """Write one split's shard of a slice; its manifest record."""
     lengths = np.concatenate(buf.lengths)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    rel = f"{split}/shard-{slice_.name}{SUFFIX}"
-    written = write_shard(out / rel, buf.ids, buf.tokens[: buf.size], offsets, tokenizer_sha256=tokenizer_sha256,
+    rel = storage.attempt_name(out, f"{split}/shard-{slice_.name}{SUFFIX}")  # per attempt on a store
+    written = write_shard(storage.join(out, rel), buf.ids, buf.tokens[: buf.size], offsets,
+                          tokenizer_sha256=tokenizer_sha256,
                           bos_id=tok.bos_id)
     seconds = time.time() - t0
     return ShardRecord(
         path=rel, split=split, source=slice_.path, slice=slice_.name, row_groups=[slice_.rg_start, slice_.rg_end],
         rows=[slice_.row_start, slice_.row_end], documents=written.documents, tokens=written.tokens,
         text_bytes=buf.text_bytes, size=written.size, sha256=written.sha256, seconds=round(seconds, 3),
-        tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(),
+        tokens_per_s=round(written.tokens / max(seconds, 1e-9)), worker=_worker_name(), stored=written.stored,
     ).to_dict()
 
 
 @dataclass
 class EncodeResult:
     manifest: Manifest
-    out_dir: Path
+    out_dir: str  # a local path or a URL
     seconds: float
     errors: list[str]
     slices_encoded: int = 0
@@ -551,37 +554,48 @@ def encode(
         if limit is not None and limit < 1:
             raise ValueError(f"{name} must be at least 1, got {limit}")
     t0 = time.time()
-    out_dir = Path(out).absolute()
+    out_dir = storage.display(out)
+    storage.check_writable(out_dir)  # a bad endpoint, bucket or credentials fails here, before any task
     tok = load_cached(str(tokenizer_dir), "")  # the in-process path's tasks find it there: loaded once
     files = sources.resolve_files(source)[:limit_files]
     plan = sources.plan_slices(files, text_column, slice_bytes, limit_docs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     claim_out_dir(out_dir, {"tokenizer_sha256": tok.sha256, "files": files, "text_column": text_column,
                             "id_column": id_column, "val_fraction": val_fraction, "slice_bytes": slice_bytes,
                             "limit_docs": limit_docs})
-    _refuse_changed_files(out_dir, plan.slices)
-    local_tok = out_dir / "tokenizer"
-    if Path(tokenizer_dir).absolute() != local_tok:
-        copy_tokenizer(Path(tokenizer_dir), local_tok)
+    # Slices an earlier run committed and that still verify are kept here, without a task each (and a changed
+    # source file is refused before anything is written).
+    done = committed_slices(out_dir, {s.name: asdict(s) for s in plan.slices})
+    local_tok = storage.join(out_dir, "tokenizer")
+    if storage.display(tokenizer_dir) != local_tok:
+        copy_tokenizer(tokenizer_dir, local_tok)
     for split in ("train", "val"):
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
-        atomic.remove_stale_temporaries(out_dir / split)
+        storage.makedirs(storage.join(out_dir, split))
+        if not storage.is_url(out_dir):
+            atomic.remove_stale_temporaries(Path(out_dir) / split)
 
-    task_args = (str(local_tok), tok.sha256, str(out_dir), val_fraction, text_column, id_column)
-    outcome = _SliceOutcome(records=[], errors=list(plan.problems))
+    task_args = (local_tok, tok.sha256, out_dir, val_fraction, text_column, id_column)
+    outcome = _SliceOutcome(records=[r for recs in done.values() for r in recs], errors=list(plan.problems),
+                            kept=len(done))
     progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
-    local = runs_in_process(address, in_process, progress.total_bytes)
+    for recs in done.values():  # the slices kept above count as done from the start
+        progress.add(RowsDone(*(sum(r[k] for r in recs) for k in ("documents", "tokens", "text_bytes"))))
+    todo = [s for s in plan.slices if s.name not in done]
+    local = runs_in_process(address, in_process, sum(s.text_bytes_estimate for s in todo))
     try:
-        with ray_session(address, workers):
+        # Nothing left to do (a finished run resumed): no Ray instance to start or join.
+        with ray_session(address, workers) if todo else contextlib.nullcontext():
             if local:
-                _run_slices_here(plan.slices, task_args, workers, outcome, progress)
-            else:
+                _run_slices_here(todo, task_args, workers, outcome, progress)
+            elif todo:
                 _ensure_ray(address, workers)
-                _run_slices_on_ray(plan.slices, task_args, workers, outcome, progress)
+                _run_slices_on_ray(todo, task_args, workers, outcome, progress)
     finally:
         progress.close()
-    for split in ("train", "val"):  # what attempts on lost workers left behind
-        atomic.remove_stale_temporaries(out_dir / split)
+    if storage.is_url(out_dir):  # what attempts on lost workers left behind
+        remove_uncommitted(out_dir, outcome.records)
+    else:
+        for split in ("train", "val"):
+            atomic.remove_stale_temporaries(Path(out_dir) / split)
 
     records = sorted(outcome.records, key=lambda r: (r["split"], r["path"]))
     manifest = Manifest.create(tok, source or "bundled-sample", files, val_fraction, records, outcome.errors)
@@ -641,16 +655,6 @@ def _run_slices_on_ray(slices: list[sources.Slice], task_args: tuple[Any, ...], 
             if outcome.take(slice_, item, progress):
                 del in_flight[gen]
         progress.update()
-
-
-def _refuse_changed_files(out_dir: Path, slices: list[sources.Slice]) -> None:
-    changed = sorted({s.path for s in slices
-                      if (done := read_slice_records(out_dir, s.name)) is not None
-                      and done["slice"].get("file_fingerprint") != s.file_fingerprint})
-    if changed:
-        raise ValueError(f"{len(changed)} source file(s) changed since {out_dir} was written (their parquet footers "
-                         f"differ), e.g. {changed[0]}; resuming would mix two versions: choose another --out, or "
-                         "delete that directory to start over")
 
 
 def _max_in_flight(workers: int | None, cluster_cpus: int) -> int:

@@ -8,19 +8,26 @@ Resuming needs a record that exists before the end: `OUT/run.json` (written firs
 for -- tokenizer, source files, columns, split, slicing -- so a re-run with anything else is refused, and
 `OUT/slices/<slice>.json` (written by each task after its shards) holds that slice's shard records, so a re-run
 verifies and keeps finished slices and redoes only the rest, even after the driver was killed.
+
+OUT is a local directory or an object-store URL (pipeline/storage.py): on a store the slice record is the commit
+of that slice's per-attempt shard keys, and shard objects no committed record names are `uncommitted`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import storage
 from tokshard.pipeline.shards import FORMAT_VERSION
-from tokshard.pipeline.tokenizer import Tokenizer, sha256_file
+from tokshard.pipeline.tokenizer import Tokenizer
+
+OutDir = str | os.PathLike[str]  # a local directory or an object-store URL
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "tokshard-manifest/1"
@@ -34,7 +41,7 @@ class ShardRecord:
     path: str  # relative to the output directory
     split: str
     source: str
-    slice: int
+    slice: str  # the slice's name, FFFFF-SSSS (file index, slice number in the file)
     row_groups: list[int]  # [first, end) row groups of the source file
     rows: list[int]  # [first, end) rows of the source file covered by the slice (both splits together)
     documents: int
@@ -45,6 +52,9 @@ class ShardRecord:
     seconds: float
     tokens_per_s: int
     worker: str
+    # What the store reported about the object right after it was written (S3 ETag, GCS md5, local mtime_ns):
+    # a resumed run compares it with what the store reports now instead of reading the shard back.
+    stored: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,16 +111,16 @@ class Manifest:
             "totals": totals,
         })
 
-    def write(self, out_dir: str | Path) -> Path:
-        path = Path(out_dir) / MANIFEST
-        atomic.write_json(path, self.data)
+    def write(self, out_dir: OutDir) -> str:
+        path = storage.join(out_dir, MANIFEST)
+        storage.write_json(path, self.data)
         return path
 
     @classmethod
-    def read(cls, out_dir: str | Path) -> Manifest:
-        path = Path(out_dir) / MANIFEST
+    def read(cls, out_dir: OutDir) -> Manifest:
+        path = storage.join(out_dir, MANIFEST)
         try:
-            data = json.loads(path.read_text())
+            data = storage.read_json(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} not found: {out_dir} is not the output of `tokshard encode`") from None
         except json.JSONDecodeError as e:
@@ -119,60 +129,88 @@ class Manifest:
             raise ValueError(f"{path}: unknown manifest format {data.get('format')!r}")
         return cls(data)
 
-    def verify(self, out_dir: str | Path) -> list[str]:
-        """Check every shard's size and sha256 and the tokenizer copy; return the problems found."""
-        out = Path(out_dir)
-        problems = verify_shards(out, self.shards)
-        tok_json = out / self.tokenizer["path"] / "tokenizer.json"
-        if not tok_json.is_file():
+    def verify(self, out_dir: OutDir) -> list[str]:
+        """Read every shard back and check its size and sha256, and the tokenizer copy; return the problems."""
+        problems = verify_shards(out_dir, self.shards, full=True)
+        tok_json = storage.join(out_dir, self.tokenizer["path"], "tokenizer.json")
+        if not storage.exists(tok_json):
             problems.append(f"{tok_json}: missing")
-        elif sha256_file(tok_json) != self.tokenizer["sha256"]:
+        elif storage.sha256_of(tok_json) != self.tokenizer["sha256"]:
             problems.append(f"{tok_json}: sha256 differs from the manifest's tokenizer")
-        listed = {rec["path"] for rec in self.shards}
-        for split in ("train", "val"):
-            for p in sorted((out / split).glob("*.arrow")):
-                if f"{split}/{p.name}" not in listed:
-                    problems.append(f"{split}/{p.name}: not listed in the manifest")
+        if not storage.is_url(out_dir):  # on a store, unlisted shard objects are dead attempts: `uncommitted`
+            problems += [f"{rel}: not listed in the manifest" for rel in unlisted_shards(out_dir, self.shards)]
         return problems
 
 
-def verify_shards(out_dir: Path, records: list[dict[str, Any]]) -> list[str]:
-    """Problems of the shards `records` describe: missing, wrong size, wrong sha256."""
+def _shard_files(out_dir: OutDir) -> dict[str, dict[str, Any]]:
+    """Every shard file/object under OUT's split directories, by relative path."""
+    found = {}
+    for split in ("train", "val"):
+        for rel, meta in storage.list_files(storage.join(out_dir, split)).items():
+            if rel.endswith(".arrow") and "/" not in rel:
+                found[f"{split}/{rel}"] = meta
+    return found
+
+
+def unlisted_shards(out_dir: OutDir, records: Iterable[dict[str, Any]]) -> list[str]:
+    """Shard files/objects no record names: on a store, what attempts that never committed left behind."""
+    listed = {rec["path"] for rec in records}
+    return sorted(rel for rel in _shard_files(out_dir) if rel not in listed)
+
+
+def remove_uncommitted(out_dir: OutDir, records: Iterable[dict[str, Any]]) -> int:
+    """Delete the shard objects of attempts that never committed (call when no task of the run is running)."""
+    return storage.remove(storage.join(out_dir, rel) for rel in unlisted_shards(out_dir, records))
+
+
+def verify_shards(out_dir: OutDir, records: list[dict[str, Any]], full: bool = False) -> list[str]:
+    """Problems of the shards `records` describe: missing, wrong size, wrong content.
+
+    `full` reads every shard and compares sha256s (`inspect`). Otherwise a record with a `stored` tag is checked
+    against what the store reports now (size and ETag / md5 / mtime: no shard bytes are read, which keeps resuming
+    a large run cheap); records without one are read and hashed."""
     problems = []
     for rec in records:
-        p = out_dir / rec["path"]
-        if not p.is_file():
+        path = storage.join(out_dir, rec["path"])
+        found = storage.info(path)
+        if found is None:
             problems.append(f"{rec['path']}: missing")
-        elif p.stat().st_size != rec["size"]:
-            problems.append(f"{rec['path']}: size {p.stat().st_size}, manifest says {rec['size']}")
-        elif sha256_file(p) != rec["sha256"]:
+        elif found["size"] != rec["size"]:
+            problems.append(f"{rec['path']}: size {found['size']}, manifest says {rec['size']}")
+        elif not full and rec.get("stored") and storage.stored_tag(found) == rec["stored"]:
+            continue
+        elif not full and rec.get("stored"):
+            problems.append(f"{rec['path']}: changed since it was written (the store reports another version)")
+        elif storage.sha256_of(path) != rec["sha256"]:
             problems.append(f"{rec['path']}: sha256 differs from the manifest (file corrupted or replaced)")
     return problems
 
 
-def claim_out_dir(out_dir: Path, spec: dict[str, Any]) -> None:
+def claim_out_dir(out_dir: OutDir, spec: dict[str, Any]) -> None:
     """Write `run.json` for a new OUT, or check that an existing one describes the same run.
 
     Everything in `spec` decides which documents land in which shard, so any difference would mix two runs."""
-    path = out_dir / RUN_SPEC
+    path = storage.join(out_dir, RUN_SPEC)
     spec = {"format": RUN_SPEC_FORMAT, **spec}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); delete {out_dir} or choose another --out") from e
+    try:
+        old = storage.read_json(path)
+    except FileNotFoundError:
+        old = None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete {out_dir} or choose another --out") from e
+    if old is not None:
         changed = [k for k in sorted(set(spec) | set(old)) if spec.get(k) != old.get(k)]
         if changed:
             details = "; ".join(f"{_LABELS.get(k, k)} {_short(old.get(k))} -> {_short(spec.get(k))}" for k in changed)
             raise ValueError(f"{out_dir} belongs to another run ({details}). Resuming would mix the two: choose "
                              "another --out, or delete that directory to start over")
         return
-    if (out_dir / MANIFEST).is_file():
+    if storage.exists(storage.join(out_dir, MANIFEST)):
         old_sha = Manifest.read(out_dir).tokenizer["sha256"]
         if old_sha != spec.get("tokenizer_sha256"):
             raise ValueError(f"{out_dir} holds shards made with tokenizer {old_sha[:12]}…, not "
                              f"{str(spec.get('tokenizer_sha256'))[:12]}…; choose another --out or delete it")
-    atomic.write_json(path, spec)
+    storage.write_json(path, spec)
 
 
 _LABELS = {"tokenizer_sha256": "tokenizer", "files": "source files", "text_column": "--text-column",
@@ -187,18 +225,57 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def slice_record_path(out_dir: Path, slice_name: str) -> Path:
-    return out_dir / SLICES_DIR / f"{slice_name}.json"
+def slice_record_path(out_dir: OutDir, slice_name: str) -> str:
+    return storage.join(out_dir, SLICES_DIR, f"{slice_name}.json")
 
 
-def write_slice_records(out_dir: Path, slice_name: str, slice_info: dict[str, Any],
+def write_slice_records(out_dir: OutDir, slice_name: str, slice_info: dict[str, Any],
                         records: list[dict[str, Any]]) -> None:
-    atomic.write_json(slice_record_path(out_dir, slice_name), {"slice": slice_info, "shards": records})
+    """Commit a slice: written after its shards, one atomic file/object naming exactly the keys it keeps."""
+    storage.write_json(slice_record_path(out_dir, slice_name), {"slice": slice_info, "shards": records})
 
 
-def read_slice_records(out_dir: Path, slice_name: str) -> dict[str, Any] | None:
+def read_slice_records(out_dir: OutDir, slice_name: str) -> dict[str, Any] | None:
     """The sidecar of a finished slice, or None when there is none (or it is unreadable: redo the slice)."""
     try:
-        return json.loads(slice_record_path(out_dir, slice_name).read_text())
+        return storage.read_json(slice_record_path(out_dir, slice_name))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def committed_slices(out_dir: OutDir, slices: dict[str, dict[str, Any]], threads: int | None = None
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """The shard records of every slice in `slices` (name -> slice info) that an earlier run committed and whose
+    shards still verify (the cheap check of `verify_shards`): the driver keeps these without submitting a task,
+    so resuming a finished 100,000-slice run costs one listing and a metadata request per object, not 100,000
+    tasks. On a store the records are read by `threads` threads (default 32; network-bound), locally by one
+    (CPU-bound: threads only contend for the GIL).
+
+    Raises ValueError when a source file changed since its slices were committed (its footer fingerprint
+    differs): resuming would mix two versions of it."""
+    names = {rel.removesuffix(".json") for rel in storage.list_files(storage.join(out_dir, SLICES_DIR))}
+    wanted = [n for n in slices if n in names]
+    if threads is None:
+        threads = 32 if storage.is_url(out_dir) else 1
+
+    def check(name: str) -> tuple[str, list[dict[str, Any]] | None, bool]:
+        """(name, its shard records if kept, whether its source file changed); only what is kept stays alive."""
+        done = read_slice_records(out_dir, name)
+        if done is None:
+            return name, None, False
+        if done["slice"].get("file_fingerprint") != slices[name].get("file_fingerprint"):
+            return name, None, True
+        keep = done["slice"] == slices[name] and not verify_shards(out_dir, done["shards"])
+        return name, done["shards"] if keep else None, False
+
+    if threads <= 1:
+        results = [check(n) for n in wanted]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, max(1, len(wanted)))) as pool:
+            results = list(pool.map(check, wanted))
+    changed = sorted({slices[n]["path"] for n, _, file_changed in results if file_changed})
+    if changed:
+        raise ValueError(f"{len(changed)} source file(s) changed since {out_dir} was written (their parquet footers "
+                         f"differ), e.g. {changed[0]}; resuming would mix two versions: choose another --out, or "
+                         "delete that directory to start over")
+    return {name: shards for name, shards, _ in results if shards is not None}

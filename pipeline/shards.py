@@ -5,6 +5,9 @@ A shard is an uncompressed Arrow IPC *stream* with two columns, `id` (string, th
 ONE record batch so that all token ids of a shard lie contiguously in the file. That makes the reader's flat
 view (`ShardReader.tokens`) a numpy array over the memory map: no copy, no parse, however large the shard.
 `datasets.Dataset.from_file`, `pyarrow.ipc.open_stream` and `polars.read_ipc_stream` load it as-is.
+
+Shards may live on an object store (pipeline/storage.py): `write_shard` streams them there, and `ShardReader`
+memory-maps a local copy from storage's sha256-verified cache.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import storage
 
 FORMAT_VERSION = "1"
 SUFFIX = ".arrow"
@@ -39,11 +42,12 @@ def shard_schema(dtype: np.dtype, tokenizer_sha256: str, bos_id: int) -> pa.Sche
 
 @dataclass(frozen=True)
 class WrittenShard:
-    path: Path
+    path: Path | str  # a local Path, or a URL
     documents: int
     tokens: int
     size: int
     sha256: str
+    stored: str  # what the store reported right after the write (storage.stored_tag), for cheap resume checks
 
 
 def write_shard(
@@ -55,7 +59,8 @@ def write_shard(
     tokenizer_sha256: str,
     bos_id: int,
 ) -> WrittenShard:
-    """Write one shard atomically (temp name, fsync, rename) and return its size and sha256.
+    """Write one shard atomically (local: temp name, fsync, rename; object store: one upload that appears whole or
+    not at all) and return its size and sha256, hashed while it is written.
 
     `tokens` is the flat id array of all rows, `offsets` the int64 row boundaries (len = rows + 1).
     """
@@ -69,13 +74,16 @@ def write_shard(
     token_col = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     batch = pa.record_batch([pa.array(list(ids), type=pa.string()), token_col], schema=schema)
     digest = hashlib.sha256()
-    with atomic.atomic_open(path, "wb") as f:
+    with storage.open_write(path) as f:
         sink = _HashingSink(f, digest)
         with pa.ipc.new_stream(sink, schema) as writer:
             writer.write_batch(batch)
-    p = Path(path)
-    return WrittenShard(path=p, documents=len(ids), tokens=len(tokens), size=p.stat().st_size,
-                        sha256=digest.hexdigest())
+    found = storage.info(path)
+    if found is None:
+        raise OSError(f"{path} was written but the store does not list it")
+    return WrittenShard(path=str(path) if storage.is_url(path) else Path(path), documents=len(ids),
+                        tokens=len(tokens), size=int(found["size"]), sha256=digest.hexdigest(),
+                        stored=storage.stored_tag(found))
 
 
 class _HashingSink:
@@ -98,12 +106,15 @@ class _HashingSink:
 
 
 class ShardReader:
-    """Memory-maps a shard: `tokens` is a flat zero-copy numpy view, `offsets` the row boundaries."""
+    """Memory-maps a shard: `tokens` is a flat zero-copy numpy view, `offsets` the row boundaries.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    `path` may be a URL: the shard is then read from storage's local cache (verified against `sha256` when given,
+    as the trainer does with the manifest's)."""
+
+    def __init__(self, path: str | os.PathLike[str], sha256: str | None = None) -> None:
+        self.path = path if storage.is_url(path) else Path(path)
         try:
-            self._source = pa.memory_map(str(self.path), "r")
+            self._source = pa.memory_map(str(storage.local_file(path, sha256)), "r")
             self.table = pa.ipc.open_stream(self._source).read_all()
         except (pa.ArrowInvalid, OSError) as e:
             raise ValueError(f"{self.path} is not a readable tokshard shard: {e}") from e

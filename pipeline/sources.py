@@ -4,6 +4,8 @@ SRC is a local parquet file, directory or glob; an `hf://datasets/...` path (res
 filesystem); any other fsspec URL (`s3://`, `gs://`, … when its filesystem package is installed); or nothing, for
 the bundled sample. Files are planned into *slices* of consecutive row groups so that one huge parquet file still
 spreads over many workers, and every slice streams one row group at a time (never a whole file in memory).
+Planning reads every file's parquet footer; on remote storage each read is a round trip or two, so footers are
+read concurrently by a bounded thread pool (`PLAN_THREADS`) and planning time grows with files / threads.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -23,6 +26,11 @@ import pyarrow.parquet as pq
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_ID_COLUMN = "id"
 DEFAULT_SLICE_BYTES = 64 << 20  # uncompressed text per slice: bounds a worker's memory and sets shard size
+# Footer reads in flight while planning remote files (URLs): I/O-bound (the fsspec clients wait on the network
+# with the GIL released), so many more than the cores; bounded so 10,000 files never mean 10,000 connections.
+# Local files are planned by one thread: a local footer read is CPU work, and threads only added GIL contention
+# (2,000 local files: 0.29 s serial, 1.11 s with 32 threads; docs/benchmarks.md).
+PLAN_THREADS = 32
 
 
 class SourceError(ValueError):
@@ -152,11 +160,18 @@ def _footer_fingerprint(md: pq.FileMetaData) -> str:
     return hashlib.sha256(repr((md.num_rows, md.serialized_size, groups)).encode()).hexdigest()[:16]
 
 
-def _plan_file(file_index: int, path: str, text_column: str, slice_bytes: int, row_budget: int | None
-               ) -> list[Slice]:
-    pf = open_parquet(path)
-    md = pf.metadata
-    check_text_column(path, pf.schema_arrow, text_column)
+def _read_footer(path: str, text_column: str) -> pq.FileMetaData | SourceError:
+    """One file's footer, checked for the text column; the error instead of raising it (it is a plan problem)."""
+    try:
+        pf = open_parquet(path)
+        check_text_column(path, pf.schema_arrow, text_column)
+        return pf.metadata
+    except SourceError as e:
+        return e
+
+
+def _plan_file(file_index: int, path: str, md: pq.FileMetaData, text_column: str, slice_bytes: int,
+               row_budget: int | None) -> list[Slice]:
     fingerprint = _footer_fingerprint(md)
     slices: list[Slice] = []
     start, row, acc, start_row = 0, 0, 0, 0
@@ -178,22 +193,35 @@ def plan_slices(
     text_column: str = DEFAULT_TEXT_COLUMN,
     slice_bytes: int = DEFAULT_SLICE_BYTES,
     limit_docs: int | None = None,
+    threads: int | None = None,
 ) -> Plan:
     """Group each file's consecutive row groups into slices of about `slice_bytes` uncompressed text.
 
     A file that cannot be read or lacks a string text column becomes a problem of the plan, not an exception:
     the other files still run. `limit_docs` keeps only the first documents (in file order), for trial runs.
+    Footers are read by `threads` threads (default: PLAN_THREADS when any file is a URL, else 1), in windows of
+    files so that a `limit_docs` run reads few beyond what it needs; the plan is the same as a serial one's.
     """
+    if threads is None:
+        threads = PLAN_THREADS if any("://" in f for f in files) else 1
     slices: list[Slice] = []
     problems: list[str] = []
-    for file_index, path in enumerate(files):
-        budget = None if limit_docs is None else limit_docs - sum(s.row_end - s.row_start for s in slices)
-        if budget is not None and budget <= 0:
-            break
-        try:
-            slices += _plan_file(file_index, path, text_column, slice_bytes, budget)
-        except SourceError as e:
-            problems.append(str(e))
+    rows = 0
+    window = max(1, threads) * 4
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="tokshard-plan") as pool:
+        for first in range(0, len(files), window):
+            paths = files[first : first + window]
+            footers = pool.map(_read_footer, paths, [text_column] * len(paths))
+            for file_index, path, md in zip(range(first, first + len(paths)), paths, footers, strict=True):
+                budget = None if limit_docs is None else limit_docs - rows
+                if budget is not None and budget <= 0:
+                    return Plan(files, slices, problems)
+                if isinstance(md, SourceError):
+                    problems.append(str(md))
+                    continue
+                planned = _plan_file(file_index, path, md, text_column, slice_bytes, budget)
+                rows += sum(s.row_end - s.row_start for s in planned)
+                slices += planned
     return Plan(files, slices, problems)
 
 

@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic, engines, hf_folder
+from tokshard.pipeline import atomic, engines, hf_folder, storage
 
 # Regex pre-split presets. HF tokenizers (Oniguruma), fastokens (PCRE2) and tiktoken (fancy-regex) all accept these.
 PATTERNS: dict[str, str] = {
@@ -64,6 +65,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (BOS, "<|pad|>", *(f"<|reserved_{i}|>" for i i
 TOKENIZER_JSON = "tokenizer.json"
 METADATA_JSON = "tokshard.json"
 TOKEN_BYTES_NPY = "token_bytes.npy"
+# Every file of a tokenizer directory, in the order they are written (tokshard.json, which vouches for the rest, last).
+TOKENIZER_FILES = (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON)
 METADATA_FORMAT = "tokshard-tokenizer/1"
 
 # Long documents are encoded in chunks so an engine's working memory (pieces, ids) does not grow with the
@@ -433,7 +436,13 @@ class Tokenizer:
 
     def save(self, directory: str | os.PathLike[str], training: dict[str, Any] | None = None) -> Path:
         """Write tokenizer.json, token_bytes.npy, the transformers files and tokshard.json (in that order, each
-        atomically)."""
+        atomically). A URL (pipeline/storage.py) gets the same files uploaded in the same order; its URL is
+        returned."""
+        if storage.is_url(directory):
+            with tempfile.TemporaryDirectory(prefix="tokshard-tok-") as tmp:
+                self.save(tmp, training)
+                storage.upload_dir(Path(tmp), directory, TOKENIZER_FILES)
+            return directory  # type: ignore[return-value]
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         specials = sorted(self.special_tokens, key=self.special_tokens.__getitem__)
@@ -459,7 +468,8 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
-        d = Path(directory)
+        """Load a tokenizer directory, local or at a URL (read through storage's local cache)."""
+        d = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
         path = d / TOKENIZER_JSON
         if not path.is_file():
             raise FileNotFoundError(f"{d} is not a tokenizer directory: {TOKENIZER_JSON} is missing "
@@ -484,11 +494,12 @@ class Tokenizer:
         return tok
 
 
-def copy_tokenizer(src: Path, dest: Path) -> None:
-    """Copy a tokenizer directory file by file (atomically each), so `dest` is byte-identical to `src`."""
-    for name in (TOKENIZER_JSON, TOKEN_BYTES_NPY, *hf_folder.FILES, METADATA_JSON):
-        if (src / name).is_file():
-            atomic.write_bytes(dest / name, (src / name).read_bytes())
+def copy_tokenizer(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Copy a tokenizer directory (local or URL, pipeline/storage.py) file by file (atomically each), so `dest` is
+    byte-identical to `src`."""
+    for name in TOKENIZER_FILES:
+        if storage.exists(storage.join(src, name)):
+            storage.write_bytes(storage.join(dest, name), storage.read_bytes(storage.join(src, name)))
 
 
 _LOADED: collections.OrderedDict[str, Tokenizer] = collections.OrderedDict()
@@ -502,14 +513,15 @@ def load_cached(directory: str, sha256: str) -> Tokenizer:
     directory would parse the same vocabulary again for each run (~0.3 s per worker, docs/benchmarks.md). The
     sha256 of tokenizer.json fixes everything encoding depends on (ranks, pattern, special tokens); the file in
     `directory` is still hashed on every call (~1 ms), so a changed directory is never served from the cache."""
-    if not (Path(directory) / TOKENIZER_JSON).is_file():
+    local = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
+    if not (local / TOKENIZER_JSON).is_file():
         return Tokenizer.load(directory)  # raises the error that says what is missing
-    on_disk = sha256_file(Path(directory) / TOKENIZER_JSON)
+    on_disk = sha256_file(local / TOKENIZER_JSON)
     if sha256 and on_disk != sha256:
         raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")
     tok = _LOADED.get(on_disk)
     if tok is None:
-        tok = Tokenizer.load(directory)
+        tok = Tokenizer.load(local)
         _LOADED[on_disk] = tok
         while len(_LOADED) > _LOADED_MAX:
             _LOADED.popitem(last=False)

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,6 +36,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The S3-compatible server of the object-store tests (moto_server, started on first use by the `s3_server`
+# fixture). Its endpoint and dummy credentials are set here, before any Ray worker starts, so every process of
+# the session -- tests, `tokshard` subprocesses, Ray workers -- reaches it through the standard AWS variables.
+# (conftest is imported twice, by pytest and as tests.conftest: the port is chosen once, through the environment.)
+S3_PORT = int(os.environ.setdefault("TOKSHARD_TEST_S3_PORT", str(free_port())))
+S3_ENV = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", "AWS_ACCESS_KEY_ID": "tokshard-test",
+          "AWS_SECRET_ACCESS_KEY": "tokshard-test", "AWS_DEFAULT_REGION": "us-east-1"}
+for _k, _v in S3_ENV.items():
+    os.environ[_k] = _v
+os.environ.pop("AWS_PROFILE", None)
+
+
 def run_tokshard(*args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 600,
                  **kwargs) -> subprocess.CompletedProcess:
     """`tokshard ARGS` in a subprocess, as a user runs it; with check, a non-zero exit fails the test with stderr."""
@@ -57,9 +71,66 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
     return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(Path(out).glob("*/shard-*.arrow"))}
 
 
+def committed_shard_bytes(out: str | Path) -> dict[str, bytes]:
+    """The shards a run's manifest commits, by split/name with any per-attempt key suffix dropped (object stores:
+    `shard-X.<attempt>.arrow`), so a run on a store compares with `shard_bytes` of a local run."""
+    import re
+
+    from tokshard.pipeline import storage
+    from tokshard.pipeline.manifest import Manifest
+
+    result = {}
+    for rec in Manifest.read(out).shards:
+        name = re.sub(r"\.[0-9a-f]{12}\.arrow$", ".arrow", rec["path"])
+        result[name] = storage.read_bytes(storage.join(out, rec["path"]))
+    return result
+
+
 def sample_texts(limit: int | None = None) -> list[str]:
     texts = pq.read_table(sources.bundled_sample(), columns=["text"]).column("text").to_pylist()
     return texts[:limit] if limit else texts
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {proc.returncode}: {Path(log).read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def start_moto_server(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A real S3-compatible server (moto) on loopback; stop it with `.terminate()`. `env` configures it (e.g.
+    INITIAL_NO_AUTH_ACTION_COUNT=N: after N requests it enforces IAM users and policies)."""
+    # Its request log goes to a file: a pipe nobody reads would fill up and stall the server mid-test.
+    log = open(Path(tempfile.gettempdir()) / f"tokshard-moto-{port}.log", "w")  # noqa: SIM115 (lives with proc)
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    _wait_for_port(port, proc, log.name)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 server at S3_ENV's endpoint, started on first use and stopped at the end."""
+    proc = start_moto_server(S3_PORT)
+    yield S3_ENV["AWS_ENDPOINT_URL"]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's S3 server, as an `s3://` URL."""
+    import s3fs
+
+    name = f"tokshard-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
 
 
 @pytest.fixture(scope="session")

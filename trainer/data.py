@@ -16,6 +16,9 @@ next batches (only the chosen windows are copied out of the memory map) into pin
 computes.
 
 Validation is always the first `eval_tokens` tokens of the val split, in order, in windows of seq_len + 1.
+
+OUTDIR may be an object-store URL (`--data s3://...`): shards are then memory-mapped from a local cache, each
+copy verified against the sha256 the manifest records (pipeline/storage.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokshard.pipeline import mix
+from tokshard.pipeline import mix, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
@@ -39,8 +42,8 @@ from tokshard.pipeline.tokenizer import Tokenizer
 
 @dataclass
 class Dataset:
-    out_dir: Path
-    tokenizer_dir: Path
+    out_dir: Path | str  # a local directory, or a URL
+    tokenizer_dir: Path | str
     tokenizer_sha256: str
     vocab_size: int
     token_bytes: np.ndarray
@@ -56,24 +59,28 @@ class Dataset:
 
 
 def open_dataset(data: str | Path) -> Dataset:
-    """Open a run (or a plan's first run: its tokenizer and val split) and check its shards belong to its
-    tokenizer."""
+    """Open a run (or a plan's first run: its tokenizer and val split), local or on object storage, and check its
+    shards belong to its tokenizer."""
     plan = mix.read_plan(data) if mix.is_plan(data) else None
-    out = Path(plan.data["sources"][0]["run"] if plan is not None else data)
+    source = plan.data["sources"][0]["run"] if plan is not None else data
+    remote = storage.is_url(source)
+    out = str(source) if remote else Path(source)
     manifest = Manifest.read(out)
     sha = manifest.tokenizer["sha256"]
-    tok_dir = out / manifest.tokenizer.get("path", "tokenizer")
+    tok_dir = storage.join(out, manifest.tokenizer.get("path", "tokenizer"))
+    tok_dir = tok_dir if remote else Path(tok_dir)
     tok = Tokenizer.load(tok_dir)
     if tok.sha256 != sha:
-        raise ValueError(f"{tok_dir} has tokenizer sha256 {tok.sha256[:12]}…, but {out / 'manifest.json'} says the "
+        raise ValueError(f"{tok_dir} has tokenizer sha256 {tok.sha256[:12]}…, but {out}/manifest.json says the "
                          f"shards were made with {sha[:12]}…; BPB would be computed with the wrong token bytes. "
                          "Restore the tokenizer the shards were encoded with, or re-encode.")
     splits: dict[str, list[ShardReader]] = {"train": [], "val": []}
     for rec in sorted(manifest.shards, key=lambda r: r["path"]):
-        path = out / rec["path"]
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is listed in {out / 'manifest.json'} but missing")
-        reader = ShardReader(path)
+        path = storage.join(out, rec["path"])
+        if not storage.exists(path):
+            raise FileNotFoundError(f"{path} is listed in {out}/manifest.json but missing")
+        # A downloaded copy is checked against the manifest's sha256 (a local shard is `inspect`'s to verify).
+        reader = ShardReader(path, sha256=rec["sha256"] if remote else None)
         if reader.tokenizer_sha256 != sha:
             raise ValueError(f"{path} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, not the "
                              f"manifest's {sha[:12]}…")

@@ -1,12 +1,15 @@
-"""Faults during a real encode: a worker process killed, a whole node killed, the driver killed.
+"""Faults during a real encode: a worker process killed, a whole node killed, the driver killed -- into a local
+directory and into an S3 bucket (a real S3-compatible server, conftest's `s3_server`).
 
-After each, every source document must be in the shards exactly once and the shards must be byte-identical to an
-uninterrupted run. The victims are chosen while an encode task is really running on them (Ray titles a worker
-`ray::encode_slice` while it executes one), never after a fixed sleep.
+After each, every source document must be in the committed shards exactly once, the shards must be byte-identical
+to an uninterrupted local run, and nothing uncommitted may be left behind. The victims are chosen while an encode
+task is really running on them (Ray titles a worker `ray::encode_slice` while it executes one), never after a
+fixed sleep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,17 +17,20 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import sample_texts, shard_bytes
-from tests.local_cluster import LocalCluster, processes_mentioning, task_processes, wait_for
-from tokshard.pipeline import jobs
+from tests.conftest import committed_shard_bytes, sample_texts, shard_bytes
+from tests.local_cluster import LocalCluster, task_processes, wait_for
+from tokshard.pipeline import jobs, storage
+from tokshard.pipeline.manifest import Manifest, unlisted_shards
 from tokshard.pipeline.shards import ShardReader
 
 SLICE_MB = 1
+STORES = ["local", "s3"]
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +51,25 @@ def reference(big_source, small_tokenizer_dir, tmp_path_factory, ray_cluster):
     return out
 
 
-def _assert_exactly_once_and_identical(out, reference, big_source) -> None:
+@pytest.fixture(params=STORES)
+def out(request, tmp_path) -> str:
+    """Where the faulty run writes: a local directory, or a fresh bucket on the session's S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "out")
+    return f"{request.getfixturevalue('s3_bucket')}/out"
+
+
+def _assert_exactly_once_and_identical(out: str, reference: Path, big_source: Path) -> None:
     ids = Counter()
-    for p in out.glob("*/shard-*.arrow"):
-        with ShardReader(p) as r:
+    records = Manifest.read(out).shards
+    for rec in records:
+        with ShardReader(storage.join(out, rec["path"]), sha256=rec["sha256"]) as r:
             ids.update(r.ids)
     assert ids == Counter(pq.read_table(big_source, columns=["id"]).column("id").to_pylist())
-    assert shard_bytes(out) == shard_bytes(reference)
+    assert committed_shard_bytes(out) == shard_bytes(reference)
+    assert unlisted_shards(out, records) == []  # no dead attempt's shard is left behind
+    if not storage.is_url(out):
+        assert not list(Path(out).glob("*/*.tmp-*"))  # nothing half-written survives
 
 
 def _encode_cmd(big_source, tok_dir, out, *extra: str) -> list[str]:
@@ -59,12 +77,15 @@ def _encode_cmd(big_source, tok_dir, out, *extra: str) -> list[str]:
             "--out", str(out), "--slice-mb", str(SLICE_MB), "--no-progress", "--json", *extra]
 
 
+def _committed_slices(out: str) -> int:
+    return len(storage.list_files(storage.join(out, "slices")))
+
+
 @pytest.mark.slow
-def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokenizer_dir, reference, tmp_path):
+def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokenizer_dir, reference, out):
     cluster = LocalCluster(head_cpus=1)
     try:
         workers = [cluster.add_node(cpus=1), cluster.add_node(cpus=1)]
-        out = tmp_path / "out"
         driver = subprocess.Popen(_encode_cmd(big_source, small_tokenizer_dir, out, "--address", cluster.address),
                                   env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -87,25 +108,51 @@ def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokeni
         cluster.stop()
 
 
+def _processes_with_env(marker: str) -> list[int]:
+    """PIDs whose environment holds `marker`. Ray workers retitle themselves (`ray::IDLE`), so their command line
+    does not say which Ray instance they belong to; the environment they inherited does."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_everything_of(marker: str) -> None:
+    """SIGKILL every process of a Ray instance (driver, GCS, raylet, workers) until none is left: a worker that
+    outlived its raylet for a moment could otherwise still write while the resumed run starts."""
+    def all_gone() -> bool:
+        for pid in _processes_with_env(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return not _processes_with_env(marker)
+
+    wait_for(all_gone, 60, f"every process with {marker} to exit", interval=0.2)
+
+
 @pytest.mark.slow
-def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, reference, tmp_path, ray_cluster):
-    out = tmp_path / "out"
+def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, reference, out, ray_cluster):
     ray_tmp = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
+    marker = f"RAY_TMPDIR={ray_tmp}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
-    # --workers 1: slow enough that the driver dies with slices both finished and unfinished.
+    # --workers 1: slow enough that the driver dies with slices both finished and unfinished (~34 slices).
     cmd = _encode_cmd(big_source, small_tokenizer_dir, out, "--workers", "1", "--no-in-process")  # Ray's driver
     driver = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
-        wait_for(lambda: len(list((out / "slices").glob("*.json"))) >= 3, 180, "three finished slices")
+        wait_for(lambda: _committed_slices(out) >= 3, 180, "three committed slices")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a machine dying would
         driver.wait(timeout=30)
-        for pid in processes_mentioning(ray_tmp):
-            os.kill(pid, signal.SIGKILL)
-    assert not (out / "manifest.json").exists()
-    finished = len(list((out / "slices").glob("*.json")))
+        _kill_everything_of(marker)
+    # Counted only once nothing of the killed run can write any more.
+    finished = _committed_slices(out)
+    assert not storage.exists(storage.join(out, "manifest.json"))
+    assert finished < 30, "the killed run finished almost everything; the test needs unfinished slices"
     result = jobs.encode(str(big_source), small_tokenizer_dir, out, slice_bytes=SLICE_MB << 20, show_progress=False)
     assert result.complete and result.slices_kept >= finished >= 3 and result.slices_encoded > 0
-    assert not list(out.glob("*/*.tmp-*"))  # nothing half-written survives
     _assert_exactly_once_and_identical(out, reference, big_source)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
+import time
 
+import fsspec
+import fsspec.implementations.local
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -144,3 +148,56 @@ def test_hf_source_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(sources.SourceError, match=r"hf://datasets/HuggingFaceFW/fineweb-edu/sample/10BT"):
         sources.resolve_files("hf://datasets/HuggingFaceFW/fineweb-edu/sample/10BT/*.parquet")
+
+
+class _CountingFileSystem(fsspec.implementations.local.LocalFileSystem):
+    """The local disk with a short wait on every open, counting how many opens are in flight at once: how a test
+    sees that footers are read concurrently without timing anything."""
+
+    protocol = "countingfile"
+    root_marker = "/"
+    lock = threading.Lock()
+    in_flight = peak = 0
+
+    def _open(self, path, *args, **kwargs):
+        cls = type(self)
+        with cls.lock:
+            cls.in_flight += 1
+            cls.peak = max(cls.peak, cls.in_flight)
+        try:
+            time.sleep(0.05)
+            return super()._open(path, *args, **kwargs)
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+
+def test_planning_reads_footers_concurrently_and_plans_as_serial_does(tmp_path):
+    fsspec.register_implementation("countingfile", _CountingFileSystem, clobber=True)
+    for i in range(40):
+        write_parquet(tmp_path / f"f{i:03d}.parquet", [f"document {i}-{j} " * 50 for j in range(30)], row_group_size=7)
+    (tmp_path / "f017.parquet").write_bytes(b"not parquet")  # a problem of its own file only, in file order
+    files = sources.resolve_files(f"countingfile://{tmp_path}")
+    serial = sources.plan_slices(files, slice_bytes=3000, threads=1)
+    assert _CountingFileSystem.peak == 1
+    parallel = sources.plan_slices(files, slice_bytes=3000, threads=8)
+    assert 1 < _CountingFileSystem.peak <= 8
+    assert parallel == serial and len(serial.problems) == 1 and "f017.parquet" in serial.problems[0]
+    limited = sources.plan_slices(files, slice_bytes=3000, limit_docs=100, threads=8)
+    assert limited == sources.plan_slices(files, slice_bytes=3000, limit_docs=100, threads=1)
+    assert sum(s.row_end - s.row_start for s in limited.slices) == 100
+
+
+def test_source_on_s3(s3_bucket, corpus_dir):
+    """Parquet files on the S3 server resolve, plan and stream like local ones."""
+    fs = fsspec.filesystem("s3")
+    for p in sorted(corpus_dir.glob("*.parquet")):
+        fs.put_file(str(p), f"{s3_bucket.removeprefix('s3://')}/corpus/{p.name}")
+    files = sources.resolve_files(f"{s3_bucket}/corpus")
+    assert [f.rsplit("/", 1)[1] for f in files] == sorted(p.name for p in corpus_dir.glob("*.parquet"))
+    remote = sources.plan_slices(files, slice_bytes=50_000)
+    local = sources.plan_slices(sources.resolve_files(str(corpus_dir)), slice_bytes=50_000)
+    assert [(s.rg_start, s.rg_end, s.file_fingerprint) for s in remote.slices] == \
+        [(s.rg_start, s.rg_end, s.file_fingerprint) for s in local.slices]
+    assert [b.ids for b in sources.iter_batches(remote.slices[0])] == \
+        [b.ids for b in sources.iter_batches(local.slices[0])]

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tokshard.data import IGNORE_INDEX, PackedRows, open_plan
-from tokshard.pipeline import atomic
+from tokshard.pipeline import atomic, storage
 from tokshard.trainer import checkpoint, optim
 from tokshard.trainer.bpb import Score, score_windows
 from tokshard.trainer.data import BatchLoader, Dataset, WindowStream, open_dataset, val_windows, window_batches
@@ -105,8 +105,8 @@ def resolve(cfg: TrainConfig, stored: dict[str, Any] | None = None) -> dict[str,
         out["ckpt_every"] = out["ckpt_every"] if out["ckpt_every"] is not None else out["eval_every"]
         if out["warmup_steps"] is None:  # the seed blog's 200, but at most a tenth of a short run
             out["warmup_steps"] = min(200, out["steps"] // 10)
-    if out["data"] is not None:  # absolute, so a resume from another working directory finds the shards
-        out["data"] = str(Path(out["data"]).resolve())
+    if out["data"] is not None and not storage.is_url(out["data"]):
+        out["data"] = str(Path(out["data"]).resolve())  # absolute, so a resume from elsewhere finds the shards
     for k in ("steps", "batch_size", "grad_accum", "eval_every", "log_every", "eval_tokens"):
         if not isinstance(out[k], int) or out[k] < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be a positive integer, got {out[k]!r}")

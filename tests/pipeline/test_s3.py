@@ -179,6 +179,20 @@ def test_trainer_dataset_reads_from_s3(s3_run, local_run):
         local.close()
 
 
+def test_train_on_a_run_in_s3(s3_run, tmp_path, one_torch_thread):
+    """`tokshard train --data s3://…` trains (the URL is kept as given, not made into a local path) and records it."""
+    pytest.importorskip("torch")
+    from tokshard.trainer.train import TrainConfig, train
+
+    url, _ = s3_run
+    run = tmp_path / "run"
+    summary = train(TrainConfig(data=url, out=str(run), preset="tiny", steps=2, batch_size=2, seq_len=32,
+                                eval_every=2, eval_tokens=256), echo=lambda *a, **k: None)
+    assert summary["finished"] and summary["step"] == 2
+    assert json.loads((run / "config.json").read_text())["data"] == url
+    assert (run / "tokenizer" / "tokenizer.json").is_file()
+
+
 def test_serve_tokenizer_from_s3(s3_bucket, small_tokenizer):
     url = f"{s3_bucket}/serve-tok"
     small_tokenizer.save(url)

@@ -650,11 +650,11 @@ def test_compose_topology_as_local_processes(tmp_path):
             agent = f"127.0.0.1:{head_params['dashboard_agent_listen_port']}"
             return Localized({**base, agent: f"127.0.0.1:{agent_port(node)}"}, paths)
 
-        wait_for(lambda: healthy(spec["ray-head"], on(cluster.nodes[0])), 60, "the head's healthcheck", 0.5)
+        wait_for(lambda: healthy(spec["ray-head"], on(cluster.nodes[0])), 180, "the head's healthcheck", 0.5)
         workers = [cluster.add_node(cpus=worker_params["num_cpus"]) for _ in range(spec["ray-worker"]["deploy"]
                                                                                   ["replicas"])]
         for node in workers:
-            wait_for(lambda node=node: healthy(spec["ray-worker"], on(node)), 60, "a worker's healthcheck", 0.5)
+            wait_for(lambda node=node: healthy(spec["ray-worker"], on(node)), 180, "a worker's healthcheck", 0.5)
 
         # Without the token the job server refuses; compose's encode service has it in its environment.
         assert http(f"http://{dashboard}/api/jobs/")[0] == 401

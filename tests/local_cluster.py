@@ -92,7 +92,7 @@ class LocalCluster:
                                 start_new_session=True)
         self.nodes.append(proc)
         try:
-            wait_for(lambda: proc.poll() is not None or len(self._raylets()) > raylets_before, 90,
+            wait_for(lambda: proc.poll() is not None or len(self._raylets()) > raylets_before, 180,
                      "a Ray node to start", interval=0.25)
             assert proc.poll() is None, f"`ray start {' '.join(args)}` exited with {proc.returncode}"
         except BaseException:
@@ -107,7 +107,7 @@ class LocalCluster:
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
         """Start a worker node and wait until the head knows it (a raylet process is not yet a member)."""
         node = self._start([f"--address={self.address}"], cpus)
-        wait_for(lambda: len(self._members_seen_by_head()) >= len(self.nodes) - 1, 90, "the node to join")
+        wait_for(lambda: len(self._members_seen_by_head()) >= len(self.nodes) - 1, 180, "the node to join")
         return node
 
     def _members_seen_by_head(self) -> set[str]:

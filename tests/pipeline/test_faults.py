@@ -35,11 +35,11 @@ STORES = ["local", "s3"]
 
 @pytest.fixture(scope="module")
 def big_source(tmp_path_factory):
-    """The bundled sample eight times over (unique ids), in small row groups: ~34 MB of text, ~34 slices."""
+    """The bundled sample 16 times over (unique ids), in small row groups: ~67 MB of text, ~67 slices."""
     texts = sample_texts()
     path = tmp_path_factory.mktemp("faults") / "big.parquet"
-    ids = [f"copy{c}-doc{i}" for c in range(8) for i in range(len(texts))]
-    pq.write_table(pa.table({"text": texts * 8, "id": ids}), path, row_group_size=40)
+    ids = [f"copy{c}-doc{i}" for c in range(16) for i in range(len(texts))]
+    pq.write_table(pa.table({"text": texts * 16, "id": ids}), path, row_group_size=40)
     return path
 
 
@@ -92,13 +92,19 @@ def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokeni
         def busy_on_worker_nodes() -> list[tuple[int, subprocess.Popen]]:
             return [(pid, n) for pid in task_processes("encode_slice") for n in workers if cluster.runs_on(n, pid)]
 
-        # A whole node dies while it encodes a slice: its tasks are retried on the nodes left.
-        victim_pid, victim = wait_for(busy_on_worker_nodes, 120, "an encode task running on a worker node")[0]
-        cluster.kill_node(victim)
+        def busy_on_both_worker_nodes() -> list[tuple[int, subprocess.Popen]]:
+            busy = busy_on_worker_nodes()
+            return busy if len({id(node) for _, node in busy}) == len(workers) else []
+
+        # Both faults are caught in one look, while each worker node runs a slice: with a fast engine a slice takes
+        # a fraction of a second, and waiting for a second task after the first fault could miss the whole run.
+        busy = wait_for(busy_on_both_worker_nodes, 120, "encode tasks running on both worker nodes")
+        victim_pid, victim = busy[0]
+        pid = next(p for p, node in busy if node is not victim)
         # A worker process dies while it encodes a slice: Ray retries the task.
-        pid, _ = wait_for(lambda: [x for x in busy_on_worker_nodes() if x[1] is not victim], 120,
-                          "an encode task running on the other worker node")[0]
         os.kill(pid, signal.SIGKILL)
+        # A whole node dies while it encodes a slice: its tasks are retried on the nodes left.
+        cluster.kill_node(victim)
         assert victim_pid != pid
         stdout, stderr = driver.communicate(timeout=300)
         assert driver.returncode == 0, stderr[-3000:]

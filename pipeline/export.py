@@ -28,12 +28,19 @@ whole file is cut, into file-sized pieces starting in a fresh file. Files theref
 file, so the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and
 `<|endoftext|>` id; `export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
 
+The run (or the plan and its runs) and DEST may each be a local directory or an fsspec URL (`s3://`, `gs://`;
+pipeline/storage.py): shards at a URL are read through storage's local cache, and every exported file is written
+whole or not at all (a temporary name and rename on disk, a completed upload on a store), `export.json` last; an
+export that fails removes the files it wrote.
+
 Memory stays bounded whatever the corpus size: shards are memory-mapped and their token ranges written straight
 from the map; only one shard's document offsets are held (plus, for megatron, one int32 length per document).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic, mix
+from tokshard.pipeline import atomic, mix, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 
@@ -184,13 +191,13 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
     return streams, manifest.tokenizer
 
 
-def _check_dest(dest: Path, pattern: str) -> None:
-    if dest.exists() and not dest.is_dir():
+def _check_dest(dest: str, pattern: str) -> None:
+    if storage.exists(dest):
         raise ValueError(f"export destination {dest} exists and is not a directory")
-    old = sorted(dest.glob(pattern)) if dest.is_dir() else []
+    old = sorted(name for name in storage.list_files(dest) if "/" not in name and fnmatch.fnmatch(name, pattern))
     if old:
         # Left in place, files of an earlier export would be globbed together with the new ones.
-        raise ValueError(f"{dest} already holds {len(old)} exported file(s) (e.g. {old[0].name}); choose an empty "
+        raise ValueError(f"{dest} already holds {len(old)} exported file(s) (e.g. {old[0]}); choose an empty "
                          "directory or delete them first")
 
 
@@ -211,9 +218,9 @@ class _Readers:
         self._open.clear()
 
 
-def _write_file(readers: _Readers, path: Path, pieces: list[Piece]) -> int:
+def _write_file(readers: _Readers, path: str, pieces: list[Piece]) -> int:
     n_tokens = sum(p.end - p.start for p in pieces)
-    with atomic.atomic_open(path, "wb") as f:
+    with storage.open_write(path) as f:
         f.write(nanogpt_header(n_tokens))
         for p in pieces:
             # '<u2' is a no-op view on little-endian machines, a byte swap elsewhere.
@@ -235,27 +242,47 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
     if fmt == "nanogpt" and not 1 <= tokens_per_file < 2**31:
         raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
                          f"got {tokens_per_file:,}")
-    source, dest = str(source), Path(dest)
+    source, dest = str(source), str(dest) if storage.is_url(dest) else str(Path(dest))
     streams, tok = _split_streams(source, fmt)
     _check_dest(dest, f"{FILE_PREFIX}_*.bin" if fmt == "nanogpt" else "*.idx")
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(dest)  # what a crashed earlier export left
-    readers = _Readers()
+    storage.check_writable(dest)  # a missing bucket or denied write is said before any shard is read
+    if not storage.is_url(dest):
+        atomic.remove_stale_temporaries(Path(dest))  # what a crashed earlier export left
+    readers, written = _Readers(), _Written(dest)
     try:
         if fmt == "nanogpt":
-            files, splits = _export_nanogpt(streams, dest, readers, tokens_per_file)
+            files, splits = _export_nanogpt(streams, written, readers, tokens_per_file)
             extra: dict[str, Any] = {"tokens_per_file": tokens_per_file, "header": {
                 "magic": NANOGPT_MAGIC, "version": NANOGPT_VERSION, "ints": HEADER_INTS, "dtype": "uint16"}}
         else:
-            files, splits = _export_megatron(streams, dest, readers, np.dtype(tok["dtype"]))
-            extra = {"data_prefix": {split: str(dest / split) for split in splits}}
+            files, splits = _export_megatron(streams, written, readers, np.dtype(tok["dtype"]))
+            extra = {"data_prefix": {split: storage.join(dest, split) for split in splits}}
+        summary = {"format": fmt, "dest": dest, "source": source, **extra,
+                   "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
+                   "splits": splits, "files": files}
+        storage.write_json(written.path(EXPORT_JSON), summary)
+    except BaseException:
+        written.remove()  # no half export: a later attempt would refuse the files left behind
+        raise
     finally:
         readers.close()
-    summary = {"format": fmt, "dest": str(dest), "source": source, **extra,
-               "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
-               "splits": splits, "files": files}
-    atomic.write_json(dest / EXPORT_JSON, summary)
     return summary
+
+
+class _Written:
+    """The files of one export in DEST, as they are written, so that a failed export removes them all."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.paths: list[str] = []
+
+    def path(self, name: str) -> str:
+        self.paths.append(storage.join(self.dest, name))
+        return self.paths[-1]
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):  # keep the error that failed the export, not a cleanup error
+            storage.remove(self.paths)
 
 
 def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
@@ -264,7 +291,7 @@ def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
     return export(shard_dir, dest, "nanogpt", tokens_per_file=tokens_per_file)
 
 
-def _export_nanogpt(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+def _export_nanogpt(streams: dict[str, SplitStream], out: _Written, readers: _Readers,
                     tokens_per_file: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     files: list[dict[str, Any]] = []
     splits: dict[str, dict[str, int]] = {}
@@ -273,7 +300,7 @@ def _export_nanogpt(streams: dict[str, SplitStream], dest: Path, readers: _Reade
         written = 0
         for pieces in plan_files(stream.documents(), tokens_per_file):
             name = f"{FILE_PREFIX}_{split}_{len(files):06d}.bin"
-            n = _write_file(readers, dest / name, pieces)
+            n = _write_file(readers, out.path(name), pieces)
             files.append({"name": name, "split": split, "tokens": n})
             written += n
         _check_written(split, written, stream.tokens)
@@ -301,7 +328,7 @@ def megatron_index(sizes: np.ndarray, dtype: np.dtype) -> bytes:
         doc_index.tobytes()
 
 
-def _export_megatron(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+def _export_megatron(streams: dict[str, SplitStream], out: _Written, readers: _Readers,
                      shard_dtype: np.dtype) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     # Megatron reads uint16 when the vocabulary fits, int32 otherwise (ids above 2**31 do not occur).
     dtype = np.dtype("<u2") if shard_dtype == np.uint16 else np.dtype("<i4")
@@ -312,13 +339,13 @@ def _export_megatron(streams: dict[str, SplitStream], dest: Path, readers: _Read
         if stream.count == 0:
             continue
         sizes: list[int] = []
-        with atomic.atomic_open(dest / f"{split}.bin", "wb") as f:
+        with storage.open_write(out.path(f"{split}.bin")) as f:
             for path, offsets in stream.documents():
                 tokens = readers.tokens(path)
                 for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
                     f.write(memoryview(np.ascontiguousarray(tokens[a:b], dtype=dtype)))
                     sizes.append(b - a)
-        atomic.write_bytes(dest / f"{split}.idx", megatron_index(np.array(sizes, dtype=np.int64), dtype))
+        storage.write_bytes(out.path(f"{split}.idx"), megatron_index(np.array(sizes, dtype=np.int64), dtype))
         written = int(sum(sizes))
         _check_written(split, written, stream.tokens)
         files += [{"name": f"{split}.bin", "split": split, "tokens": written},

@@ -130,12 +130,25 @@ def _check_run(out: str, fmt: str) -> Manifest:
         raise ValueError(f"{out} holds {tok.get('dtype')} token ids (vocabulary of {tok.get('vocab_size'):,}); the "
                          "nanogpt/llm.c format stores uint16 ids only, so it needs a vocabulary of at most 65,536 "
                          "tokens (train one with --vocab-size 65536 or less), or use --format megatron")
-    problems = manifest.verify(out)
+    problems = manifest.verify(out) if not storage.is_url(out) else _fetch_verified(out, manifest)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError(f"{out} fails verification, nothing exported: {'; '.join(problems[:3])}{more}. Re-run "
                          f"`tokshard encode` into {out} to redo the damaged slices, then export again")
     return manifest
+
+
+def _fetch_verified(run: str, manifest: Manifest) -> list[str]:
+    """A run at a URL: each shard is downloaded once, into storage's cache keyed by the manifest's sha256 and
+    checked against it as it arrives; the export then memory-maps those copies (hashing the objects first, as
+    `Manifest.verify` does, would download every shard twice)."""
+    problems = []
+    for rec in manifest.shards:
+        try:
+            storage.local_file(mix.join(run, rec["path"]), rec["sha256"])
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    return problems
 
 
 @dataclass
@@ -150,15 +163,16 @@ class SplitStream:
 def _shard_stream(run: str, records: list[dict[str, Any]]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
     def gen() -> Iterator[tuple[str, np.ndarray]]:
         for rec in records:
-            with ShardReader(mix.join(run, rec["path"])) as reader:
+            with ShardReader(mix.join(run, rec["path"]), rec["sha256"]) as reader:
                 offsets = np.array(reader.offsets)  # a copy: the map is closed before the caller uses it
             yield mix.join(run, rec["path"]), offsets
     return gen
 
 
-def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any]]:
-    """Per split what to export, and the tokenizer record: a run's shards in manifest order, or a plan's rows
-    (its segments in row order, padding left out) for train and every source's val split for val."""
+def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any], dict[str, str]]:
+    """Per split what to export, the tokenizer record, and every shard's sha256 by path: a run's shards in
+    manifest order, or a plan's rows (its segments in row order, padding left out) for train and every source's
+    val split for val."""
     if mix.is_plan(source):
         plan = mix.read_plan(source)
         problems = mix.check_sources(plan.data)
@@ -181,14 +195,16 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
 
         streams = {"val": SplitStream(val_docs, sum(r["tokens"] for _, r in val), sum(r["documents"] for _, r in val)),
                    "train": SplitStream(segments, int(plan.segments["length"].sum()), len(plan.segments))}
-        return streams, manifests[0].tokenizer
+        sha256s = {mix.join(src["run"], r["path"]): r["sha256"] for src, m in zip(plan.data["sources"], manifests,
+                                                                                    strict=True) for r in m.shards}
+        return streams, manifests[0].tokenizer, sha256s
     manifest = _check_run(source, fmt)
     streams = {}
     for split in SPLITS:
         records = [r for r in manifest.shards if r["split"] == split]
         streams[split] = SplitStream(_shard_stream(source, records), sum(r["tokens"] for r in records),
                                      sum(r["documents"] for r in records))
-    return streams, manifest.tokenizer
+    return streams, manifest.tokenizer, {mix.join(source, r["path"]): r["sha256"] for r in manifest.shards}
 
 
 def _check_dest(dest: str, pattern: str) -> None:
@@ -204,12 +220,13 @@ def _check_dest(dest: str, pattern: str) -> None:
 class _Readers:
     """Shards opened once per export (a plan's rows jump between shards), closed together at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, sha256s: dict[str, str]) -> None:
         self._open: dict[str, ShardReader] = {}
+        self._sha256s = sha256s  # a shard at a URL is read from the cache copy verified against it
 
     def tokens(self, path: str) -> np.ndarray:
         if path not in self._open:
-            self._open[path] = ShardReader(path)
+            self._open[path] = ShardReader(path, self._sha256s.get(path))
         return self._open[path].tokens
 
     def close(self) -> None:
@@ -243,12 +260,14 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
         raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
                          f"got {tokens_per_file:,}")
     source, dest = str(source), str(dest) if storage.is_url(dest) else str(Path(dest))
-    streams, tok = _split_streams(source, fmt)
+    if storage.is_url(dest):  # a missing bucket, no credentials or a denied write: said before any shard is read
+        storage.check_writable(dest)
     _check_dest(dest, f"{FILE_PREFIX}_*.bin" if fmt == "nanogpt" else "*.idx")
-    storage.check_writable(dest)  # a missing bucket or denied write is said before any shard is read
+    streams, tok, sha256s = _split_streams(source, fmt)
+    storage.makedirs(dest)
     if not storage.is_url(dest):
         atomic.remove_stale_temporaries(Path(dest))  # what a crashed earlier export left
-    readers, written = _Readers(), _Written(dest)
+    readers, written = _Readers(sha256s), _Written(dest)
     try:
         if fmt == "nanogpt":
             files, splits = _export_nanogpt(streams, written, readers, tokens_per_file)

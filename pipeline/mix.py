@@ -127,7 +127,7 @@ def open_run(run: str) -> RunDocs:
     records = sorted((r for r in manifest.shards if r["split"] == "train"), key=lambda r: r["path"])
     offsets = []
     for rec in records:
-        with ShardReader(join(run, rec["path"])) as reader:
+        with ShardReader(join(run, rec["path"]), rec["sha256"]) as reader:
             if reader.tokenizer_sha256 != manifest.tokenizer["sha256"]:
                 raise PlanError(f"{join(run, rec['path'])} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, "
                                 f"not the manifest's {manifest.tokenizer['sha256'][:12]}…")

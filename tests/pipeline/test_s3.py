@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -344,19 +345,30 @@ def test_export_from_s3_to_s3_equals_export_of_the_local_run(fmt, s3_run, local_
         export.export(url, f"{url}-export", fmt, tokens_per_file=20_000)
 
 
-def test_export_to_a_missing_bucket_is_refused_and_a_failed_export_leaves_nothing(s3_run, s3_bucket, monkeypatch):
+def test_export_to_a_missing_bucket_is_refused_and_a_failed_export_leaves_nothing(s3_run, s3_bucket, monkeypatch,
+                                                                                   tmp_path):
     url, _ = s3_run
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))  # this test empties its cache
     with pytest.raises(storage.StorageError, match="does not exist"):
         export.export(url, "s3://no-such-bucket-tokshard/x", "nanogpt")
+    dest = f"{s3_bucket}/half"
+    # A shard object whose bytes differ from the manifest's sha256 is refused before anything is written.
+    first = storage.join(url, Manifest.read(url).shards[0]["path"])
+    good = storage.read_bytes(first)
+    storage.write_bytes(first, good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ValueError, match="fails verification.*sha256"):
+        export.export(url, dest, "nanogpt")
+    assert storage.list_files(dest) == {}
+    storage.write_bytes(first, good)
     # A shard that vanishes after the run was verified fails the export midway: the files written before it are
     # removed, so the same command can run again once the run is repaired.
-    dest = f"{s3_bucket}/half"
     victim = storage.join(url, [r for r in Manifest.read(url).shards if r["split"] == "train"][-1]["path"])
     split_streams = export._split_streams
 
     def then_vanish(source: str, fmt: str):
         got = split_streams(source, fmt)
         storage.remove([victim])
+        shutil.rmtree(storage.cache_dir())  # and its verified copy is gone from the cache too
         return got
 
     removed: list[str] = []

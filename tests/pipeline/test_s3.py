@@ -406,6 +406,9 @@ def test_eval_tokenizer_with_s3_tokenizers_and_text_gives_the_local_numbers(s3_b
     assert [t["kind"] for t in remote["tokenizers"]] == ["tokshard", "tokenizer.json"]
     assert [t["path"] for t in remote["tokenizers"]] == [tok_url, json_url]
     assert remote["source"]["documents"] == local["source"]["documents"] == 200
+    cli = json.loads(run_tokshard("eval-tokenizer", tok_url, json_url, "--source", text_url, "--out",
+                                  str(tmp_path / "cli"), "--limit-docs", "200", "--repeats", "1", "--json").stdout)
+    assert numbers(cli) == numbers(local)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate.run([f"{s3_bucket}/nothing-here"], tmp_path / "c", **options)
 
@@ -426,8 +429,10 @@ def test_mix_over_an_s3_run_equals_the_plan_over_the_local_run(s3_run, local_run
 
     assert described(remote) == described(local)
     assert mix.check_sources(remote.data) == []
-    # The plan at its URL exports the same rows as the local plan.
-    export.export(f"{s3_bucket}/plan", tmp_path / "from-s3", "megatron")
+    # The plan at its URL exports the same rows to a URL as the local plan does to a directory.
+    summary = json.loads(run_tokshard("export", "--format", "megatron", f"{s3_bucket}/plan", f"{s3_bucket}/megatron",
+                                      "--json").stdout)
+    assert summary["data_prefix"]["train"] == f"{s3_bucket}/megatron/train"
     export.export(tmp_path / "plan", tmp_path / "from-local", "megatron")
     for name in ("train.bin", "train.idx", "val.bin", "val.idx"):
-        assert (tmp_path / "from-s3" / name).read_bytes() == (tmp_path / "from-local" / name).read_bytes()
+        assert storage.read_bytes(f"{s3_bucket}/megatron/{name}") == (tmp_path / "from-local" / name).read_bytes()

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-long-docs", action="store_true", help="cut documents longer than a row into row-sized "
                    "pieces, each masked as its own document, instead of keeping only their first row (far less waste "
                    "on long documents; rows may then start mid-document)")
-    p.add_argument("--out", required=True, help="plan directory (plan.json, segments.npy, rows.npy)")
+    p.add_argument("--out", required=True, help="plan directory (plan.json, segments.npy, rows.npy); local "
+                   "or fsspec URL")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_mix))
 
@@ -164,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=export.FORMATS,
                    help="nanogpt: modded-nanogpt / llm.c .bin files (256-int32 header, uint16 tokens); megatron: "
                    "Megatron-LM's indexed dataset (train/val .bin + .idx)")
-    p.add_argument("outdir", help="a complete `tokshard encode` output directory, or a `tokshard mix` plan")
-    p.add_argument("dest", help="directory to write (must not already hold exported files)")
+    p.add_argument("outdir", help="a complete `tokshard encode` output directory, or a `tokshard mix` "
+                   "plan (local or fsspec URL)")
+    p.add_argument("dest", help="directory to write, local or fsspec URL (must not already hold exported files)")
     p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE,
                    help="nanogpt: tokens per exported file at most")
     p.add_argument("--json", action="store_true")
@@ -181,7 +183,8 @@ def _add_eval_tokenizer(sub: argparse._SubParsersAction) -> None:
                        "groups, speed); optionally a vocabulary-size sweep")
     p.set_defaults(func=_json_only_on_stdout(cmd_eval_tokenizer))
     p.add_argument("tokenizers", nargs="*", metavar="TOKDIR",
-                   help="a tokshard tokenizer directory or any HF tokenizer.json (file or directory holding one)")
+                   help="a tokshard tokenizer directory or any HF tokenizer.json (file or directory holding one); "
+                   "local or fsspec URL")
     _add_source(p, required=False)
     p.add_argument("--out", required=True, help="report directory: report.json and PNG plots")
     p.add_argument("--group-by", default=None, metavar="COLUMN", help="report per value of this column "

@@ -28,12 +28,19 @@ whole file is cut, into file-sized pieces starting in a fresh file. Files theref
 file, so the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and
 `<|endoftext|>` id; `export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
 
+The run (or the plan and its runs) and DEST may each be a local directory or an fsspec URL (`s3://`, `gs://`;
+pipeline/storage.py): shards at a URL are read through storage's local cache, and every exported file is written
+whole or not at all (a temporary name and rename on disk, a completed upload on a store), `export.json` last; an
+export that fails removes the files it wrote.
+
 Memory stays bounded whatever the corpus size: shards are memory-mapped and their token ranges written straight
 from the map; only one shard's document offsets are held (plus, for megatron, one int32 length per document).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -42,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic, mix
+from tokshard.pipeline import atomic, mix, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 
@@ -123,12 +130,25 @@ def _check_run(out: str, fmt: str) -> Manifest:
         raise ValueError(f"{out} holds {tok.get('dtype')} token ids (vocabulary of {tok.get('vocab_size'):,}); the "
                          "nanogpt/llm.c format stores uint16 ids only, so it needs a vocabulary of at most 65,536 "
                          "tokens (train one with --vocab-size 65536 or less), or use --format megatron")
-    problems = manifest.verify(out)
+    problems = manifest.verify(out) if not storage.is_url(out) else _fetch_verified(out, manifest)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise ValueError(f"{out} fails verification, nothing exported: {'; '.join(problems[:3])}{more}. Re-run "
                          f"`tokshard encode` into {out} to redo the damaged slices, then export again")
     return manifest
+
+
+def _fetch_verified(run: str, manifest: Manifest) -> list[str]:
+    """A run at a URL: each shard is downloaded once, into storage's cache keyed by the manifest's sha256 and
+    checked against it as it arrives; the export then memory-maps those copies (hashing the objects first, as
+    `Manifest.verify` does, would download every shard twice)."""
+    problems = []
+    for rec in manifest.shards:
+        try:
+            storage.local_file(mix.join(run, rec["path"]), rec["sha256"])
+        except (FileNotFoundError, ValueError) as e:
+            problems.append(str(e))
+    return problems
 
 
 @dataclass
@@ -143,15 +163,16 @@ class SplitStream:
 def _shard_stream(run: str, records: list[dict[str, Any]]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
     def gen() -> Iterator[tuple[str, np.ndarray]]:
         for rec in records:
-            with ShardReader(mix.join(run, rec["path"])) as reader:
+            with ShardReader(mix.join(run, rec["path"]), rec["sha256"]) as reader:
                 offsets = np.array(reader.offsets)  # a copy: the map is closed before the caller uses it
             yield mix.join(run, rec["path"]), offsets
     return gen
 
 
-def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any]]:
-    """Per split what to export, and the tokenizer record: a run's shards in manifest order, or a plan's rows
-    (its segments in row order, padding left out) for train and every source's val split for val."""
+def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any], dict[str, str]]:
+    """Per split what to export, the tokenizer record, and every shard's sha256 by path: a run's shards in
+    manifest order, or a plan's rows (its segments in row order, padding left out) for train and every source's
+    val split for val."""
     if mix.is_plan(source):
         plan = mix.read_plan(source)
         problems = mix.check_sources(plan.data)
@@ -174,35 +195,38 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
 
         streams = {"val": SplitStream(val_docs, sum(r["tokens"] for _, r in val), sum(r["documents"] for _, r in val)),
                    "train": SplitStream(segments, int(plan.segments["length"].sum()), len(plan.segments))}
-        return streams, manifests[0].tokenizer
+        sha256s = {mix.join(src["run"], r["path"]): r["sha256"] for src, m in zip(plan.data["sources"], manifests,
+                                                                                    strict=True) for r in m.shards}
+        return streams, manifests[0].tokenizer, sha256s
     manifest = _check_run(source, fmt)
     streams = {}
     for split in SPLITS:
         records = [r for r in manifest.shards if r["split"] == split]
         streams[split] = SplitStream(_shard_stream(source, records), sum(r["tokens"] for r in records),
                                      sum(r["documents"] for r in records))
-    return streams, manifest.tokenizer
+    return streams, manifest.tokenizer, {mix.join(source, r["path"]): r["sha256"] for r in manifest.shards}
 
 
-def _check_dest(dest: Path, pattern: str) -> None:
-    if dest.exists() and not dest.is_dir():
+def _check_dest(dest: str, pattern: str) -> None:
+    if storage.exists(dest):
         raise ValueError(f"export destination {dest} exists and is not a directory")
-    old = sorted(dest.glob(pattern)) if dest.is_dir() else []
+    old = sorted(name for name in storage.list_files(dest) if "/" not in name and fnmatch.fnmatch(name, pattern))
     if old:
         # Left in place, files of an earlier export would be globbed together with the new ones.
-        raise ValueError(f"{dest} already holds {len(old)} exported file(s) (e.g. {old[0].name}); choose an empty "
+        raise ValueError(f"{dest} already holds {len(old)} exported file(s) (e.g. {old[0]}); choose an empty "
                          "directory or delete them first")
 
 
 class _Readers:
     """Shards opened once per export (a plan's rows jump between shards), closed together at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, sha256s: dict[str, str]) -> None:
         self._open: dict[str, ShardReader] = {}
+        self._sha256s = sha256s  # a shard at a URL is read from the cache copy verified against it
 
     def tokens(self, path: str) -> np.ndarray:
         if path not in self._open:
-            self._open[path] = ShardReader(path)
+            self._open[path] = ShardReader(path, self._sha256s.get(path))
         return self._open[path].tokens
 
     def close(self) -> None:
@@ -211,9 +235,9 @@ class _Readers:
         self._open.clear()
 
 
-def _write_file(readers: _Readers, path: Path, pieces: list[Piece]) -> int:
+def _write_file(readers: _Readers, path: str, pieces: list[Piece]) -> int:
     n_tokens = sum(p.end - p.start for p in pieces)
-    with atomic.atomic_open(path, "wb") as f:
+    with storage.open_write(path) as f:
         f.write(nanogpt_header(n_tokens))
         for p in pieces:
             # '<u2' is a no-op view on little-endian machines, a byte swap elsewhere.
@@ -235,27 +259,49 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
     if fmt == "nanogpt" and not 1 <= tokens_per_file < 2**31:
         raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
                          f"got {tokens_per_file:,}")
-    source, dest = str(source), Path(dest)
-    streams, tok = _split_streams(source, fmt)
+    source, dest = str(source), str(dest) if storage.is_url(dest) else str(Path(dest))
+    if storage.is_url(dest):  # a missing bucket, no credentials or a denied write: said before any shard is read
+        storage.check_writable(dest)
     _check_dest(dest, f"{FILE_PREFIX}_*.bin" if fmt == "nanogpt" else "*.idx")
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale_temporaries(dest)  # what a crashed earlier export left
-    readers = _Readers()
+    streams, tok, sha256s = _split_streams(source, fmt)
+    storage.makedirs(dest)
+    if not storage.is_url(dest):
+        atomic.remove_stale_temporaries(Path(dest))  # what a crashed earlier export left
+    readers, written = _Readers(sha256s), _Written(dest)
     try:
         if fmt == "nanogpt":
-            files, splits = _export_nanogpt(streams, dest, readers, tokens_per_file)
+            files, splits = _export_nanogpt(streams, written, readers, tokens_per_file)
             extra: dict[str, Any] = {"tokens_per_file": tokens_per_file, "header": {
                 "magic": NANOGPT_MAGIC, "version": NANOGPT_VERSION, "ints": HEADER_INTS, "dtype": "uint16"}}
         else:
-            files, splits = _export_megatron(streams, dest, readers, np.dtype(tok["dtype"]))
-            extra = {"data_prefix": {split: str(dest / split) for split in splits}}
+            files, splits = _export_megatron(streams, written, readers, np.dtype(tok["dtype"]))
+            extra = {"data_prefix": {split: storage.join(dest, split) for split in splits}}
+        summary = {"format": fmt, "dest": dest, "source": source, **extra,
+                   "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
+                   "splits": splits, "files": files}
+        storage.write_json(written.path(EXPORT_JSON), summary)
+    except BaseException:
+        written.remove()  # no half export: a later attempt would refuse the files left behind
+        raise
     finally:
         readers.close()
-    summary = {"format": fmt, "dest": str(dest), "source": source, **extra,
-               "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
-               "splits": splits, "files": files}
-    atomic.write_json(dest / EXPORT_JSON, summary)
     return summary
+
+
+class _Written:
+    """The files of one export in DEST, as they are written, so that a failed export removes them all."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.paths: list[str] = []
+
+    def path(self, name: str) -> str:
+        self.paths.append(storage.join(self.dest, name))
+        return self.paths[-1]
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):  # keep the error that failed the export, not a cleanup error
+            storage.remove(self.paths)
 
 
 def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
@@ -264,7 +310,7 @@ def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
     return export(shard_dir, dest, "nanogpt", tokens_per_file=tokens_per_file)
 
 
-def _export_nanogpt(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+def _export_nanogpt(streams: dict[str, SplitStream], out: _Written, readers: _Readers,
                     tokens_per_file: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     files: list[dict[str, Any]] = []
     splits: dict[str, dict[str, int]] = {}
@@ -273,7 +319,7 @@ def _export_nanogpt(streams: dict[str, SplitStream], dest: Path, readers: _Reade
         written = 0
         for pieces in plan_files(stream.documents(), tokens_per_file):
             name = f"{FILE_PREFIX}_{split}_{len(files):06d}.bin"
-            n = _write_file(readers, dest / name, pieces)
+            n = _write_file(readers, out.path(name), pieces)
             files.append({"name": name, "split": split, "tokens": n})
             written += n
         _check_written(split, written, stream.tokens)
@@ -301,7 +347,7 @@ def megatron_index(sizes: np.ndarray, dtype: np.dtype) -> bytes:
         doc_index.tobytes()
 
 
-def _export_megatron(streams: dict[str, SplitStream], dest: Path, readers: _Readers,
+def _export_megatron(streams: dict[str, SplitStream], out: _Written, readers: _Readers,
                      shard_dtype: np.dtype) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
     # Megatron reads uint16 when the vocabulary fits, int32 otherwise (ids above 2**31 do not occur).
     dtype = np.dtype("<u2") if shard_dtype == np.uint16 else np.dtype("<i4")
@@ -312,13 +358,13 @@ def _export_megatron(streams: dict[str, SplitStream], dest: Path, readers: _Read
         if stream.count == 0:
             continue
         sizes: list[int] = []
-        with atomic.atomic_open(dest / f"{split}.bin", "wb") as f:
+        with storage.open_write(out.path(f"{split}.bin")) as f:
             for path, offsets in stream.documents():
                 tokens = readers.tokens(path)
                 for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
                     f.write(memoryview(np.ascontiguousarray(tokens[a:b], dtype=dtype)))
                     sizes.append(b - a)
-        atomic.write_bytes(dest / f"{split}.idx", megatron_index(np.array(sizes, dtype=np.int64), dtype))
+        storage.write_bytes(out.path(f"{split}.idx"), megatron_index(np.array(sizes, dtype=np.int64), dtype))
         written = int(sum(sizes))
         _check_written(split, written, stream.tokens)
         files += [{"name": f"{split}.bin", "split": split, "tokens": written},

@@ -20,6 +20,7 @@ the same order. It is built from the train split of one or more runs:
 The plan directory holds `plan.json` (sources with the sha256 of every shard used and the tokenizer, shares,
 epochs, waste beside what naive concatenation and nanochat-style cropping give on the same documents) and
 `segments.npy` / `rows.npy` (the segments and each row's first segment), written atomically, plan.json last.
+Runs and the plan directory may be local or fsspec URLs (`s3://...`, pipeline/storage.py).
 numpy and pyarrow only: no torch here (the loader in `tokshard.data` adds it).
 """
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-import json
 import math
 import zlib
 from collections.abc import Iterator
@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from tokshard.pipeline import atomic
+from tokshard.pipeline import storage
 from tokshard.pipeline.manifest import MANIFEST, Manifest
 from tokshard.pipeline.shards import ShardReader
 
@@ -92,7 +92,7 @@ def _default_name(run: str) -> str:
 
 def join(base: str, rel: str) -> str:
     """`base/rel` for a local directory or an fsspec URL (pathlib would collapse the '//' of `s3://`)."""
-    return f"{base.rstrip('/')}/{rel}" if "://" in base else str(Path(base) / rel)
+    return storage.join(base, rel)
 
 
 @dataclass
@@ -127,7 +127,7 @@ def open_run(run: str) -> RunDocs:
     records = sorted((r for r in manifest.shards if r["split"] == "train"), key=lambda r: r["path"])
     offsets = []
     for rec in records:
-        with ShardReader(join(run, rec["path"])) as reader:
+        with ShardReader(join(run, rec["path"]), rec["sha256"]) as reader:
             if reader.tokenizer_sha256 != manifest.tokenizer["sha256"]:
                 raise PlanError(f"{join(run, rec['path'])} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, "
                                 f"not the manifest's {manifest.tokenizer['sha256'][:12]}…")
@@ -366,27 +366,27 @@ def _describe(specs: list[SourceSpec], runs: list[RunDocs], sources: list[_Sourc
     }
 
 
-def write_plan(plan_dir: str | Path, plan: dict[str, Any], packed: PackResult) -> Path:
+def write_plan(plan_dir: str | Path, plan: dict[str, Any], packed: PackResult) -> str:
     """segments.npy and rows.npy first, plan.json (with their sha256) last: a plan.json always describes
-    complete arrays."""
-    d = Path(plan_dir)
-    if (d / PLAN_JSON).exists():
-        raise PlanError(f"{d / PLAN_JSON} exists; choose another --out or delete the old plan")
-    d.mkdir(parents=True, exist_ok=True)
+    complete arrays. `plan_dir` is a local directory or a URL (each file written whole, pipeline/storage.py)."""
+    d = str(plan_dir)
+    if storage.exists(join(d, PLAN_JSON)):
+        raise PlanError(f"{join(d, PLAN_JSON)} exists; choose another --out or delete the old plan")
+    storage.makedirs(d)
     files = {}
     for name, arr in ((SEGMENTS_NPY, packed.segments), (ROWS_NPY, packed.row_first)):
-        with atomic.atomic_open(d / name, "wb") as f:
+        with storage.open_write(join(d, name)) as f:
             np.save(f, arr)
-        files[name] = hashlib.sha256((d / name).read_bytes()).hexdigest()
-    atomic.write_json(d / PLAN_JSON, {**plan, "files": files})
-    return d / PLAN_JSON
+        files[name] = storage.sha256_of(join(d, name))
+    storage.write_json(join(d, PLAN_JSON), {**plan, "files": files})
+    return join(d, PLAN_JSON)
 
 
 @dataclass
 class Plan:
     """A plan read back: its description and memory-mapped rows."""
 
-    path: Path
+    path: str
     data: dict[str, Any]
     segments: np.ndarray
     row_first: np.ndarray
@@ -404,23 +404,28 @@ class Plan:
 
 
 def is_plan(path: str | Path) -> bool:
-    return Path(path, PLAN_JSON).is_file()
+    return storage.exists(join(str(path), PLAN_JSON))
 
 
 def read_plan(plan_dir: str | Path) -> Plan:
-    d = Path(plan_dir)
+    """A plan, local or at a URL (its arrays then memory-mapped from storage's local cache)."""
+    d = str(plan_dir)
     try:
-        data = json.loads((d / PLAN_JSON).read_text())
+        data = storage.read_json(join(d, PLAN_JSON))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{d / PLAN_JSON} not found: {d} is not a `tokshard mix` plan") from None
+        raise FileNotFoundError(f"{join(d, PLAN_JSON)} not found: {d} is not a `tokshard mix` plan") from None
     if data.get("format") != PLAN_FORMAT:
-        raise ValueError(f"{d / PLAN_JSON}: unknown plan format {data.get('format')!r}")
+        raise ValueError(f"{join(d, PLAN_JSON)}: unknown plan format {data.get('format')!r}")
+    local = {}
     for name, sha in data["files"].items():
-        got = hashlib.sha256((d / name).read_bytes()).hexdigest()
+        local[name] = storage.local_file(join(d, name), sha)  # a URL's copy is checked as it is fetched
+        if storage.is_url(d):
+            continue
+        got = hashlib.sha256(local[name].read_bytes()).hexdigest()
         if got != sha:
-            raise ValueError(f"{d / name}: sha256 {got[:12]}… differs from plan.json's {sha[:12]}… (file replaced "
-                             "or damaged); rebuild the plan with `tokshard mix`")
-    return Plan(d, data, np.load(d / SEGMENTS_NPY, mmap_mode="r"), np.load(d / ROWS_NPY, mmap_mode="r"))
+            raise ValueError(f"{join(d, name)}: sha256 {got[:12]}… differs from plan.json's {sha[:12]}… (file "
+                             "replaced or damaged); rebuild the plan with `tokshard mix`")
+    return Plan(d, data, np.load(local[SEGMENTS_NPY], mmap_mode="r"), np.load(local[ROWS_NPY], mmap_mode="r"))
 
 
 def check_sources(plan_data: dict[str, Any]) -> list[str]:
@@ -446,12 +451,13 @@ def check_sources(plan_data: dict[str, Any]) -> list[str]:
             elif cur["sha256"] != rec["sha256"]:
                 problems.append(f"source {src['name']}: shard {rec['path']} sha256 is now {cur['sha256'][:12]}…, "
                                 f"the plan was made with {rec['sha256'][:12]}…")
-            elif "://" not in src["run"]:
-                path = Path(join(src["run"], rec["path"]))
-                if not path.is_file():
+            else:  # what the store or disk reports, without reading the shard
+                path = join(src["run"], rec["path"])
+                found = storage.info(path)
+                if found is None:
                     problems.append(f"source {src['name']}: {path} is missing")
-                elif path.stat().st_size != rec["size"]:
-                    problems.append(f"source {src['name']}: {path} is {path.stat().st_size:,} bytes, the plan says "
+                elif found["size"] != rec["size"]:
+                    problems.append(f"source {src['name']}: {path} is {found['size']:,} bytes, the plan says "
                                     f"{rec['size']:,}")
     return problems
 

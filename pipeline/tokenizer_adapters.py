@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import regex
 
+from tokshard.pipeline import storage
 from tokshard.pipeline.tokenizer import METADATA_JSON, TOKENIZER_JSON, Tokenizer, _unicode_to_byte, sha256_file
 
 _BYTE_FALLBACK = regex.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -118,7 +119,9 @@ class EvalTokenizer:
 
 def load_tokenizer(path: str | os.PathLike[str]) -> EvalTokenizer:
     """A tokshard tokenizer directory (it has tokshard.json), or any HF tokenizer.json (a file, or a directory
-    holding one)."""
+    holding one); local, or an fsspec URL read through storage's local cache (the report keeps the URL)."""
+    if storage.is_url(path):
+        return _load_url(str(path))
     p = Path(path)
     if p.is_dir():
         if (p / METADATA_JSON).is_file():
@@ -132,18 +135,44 @@ def load_tokenizer(path: str | os.PathLike[str]) -> EvalTokenizer:
     return _load_foreign(p)
 
 
+def _load_url(url: str) -> EvalTokenizer:
+    """The same three cases at a URL: an object is a tokenizer.json; a prefix is a tokshard directory when it
+    holds tokshard.json, else an HF directory when it holds tokenizer.json."""
+    url = url.rstrip("/")
+    if storage.exists(url):
+        last = url.rsplit("/", 1)[-1]
+        name = url.rsplit("/", 2)[-2] if last == TOKENIZER_JSON else Path(last).stem
+        tok = _load_foreign(storage.local_file(url))
+    elif storage.exists(storage.join(url, METADATA_JSON)):
+        tok, name = _ours(Tokenizer.load(url)), url.rsplit("/", 1)[-1]
+    elif storage.exists(storage.join(url, TOKENIZER_JSON)):
+        tok, name = _load_foreign(storage.local_file(storage.join(url, TOKENIZER_JSON))), url.rsplit("/", 1)[-1]
+    else:
+        raise FileNotFoundError(f"tokenizer {url} does not exist: no such object, and no {METADATA_JSON} or "
+                                f"{TOKENIZER_JSON} under it (pass a tokshard tokenizer directory or any HF "
+                                "tokenizer.json)")
+    tok.name, tok.path = name, url  # named and reported by the URL, not the cache file
+    return tok
+
+
 def _name_for(path: Path) -> str:
     return path.parent.name if path.name == TOKENIZER_JSON else (path.stem if path.is_file() else path.name)
 
 
 def _load_ours(path: Path) -> EvalTokenizer:
-    tok = Tokenizer.load(path)
+    tok = _ours(Tokenizer.load(path))
+    tok.name, tok.path = _name_for(path), str(path)
+    return tok
+
+
+def _ours(tok: Tokenizer) -> EvalTokenizer:
+    """Our tokenizer, loaded; the caller names it."""
     nonspecial = np.zeros(tok.vocab_size, dtype=bool)
     nonspecial[: len(tok.ranks)] = True
     blank = np.zeros(tok.vocab_size, dtype=bool)
     for token, rank in tok.ranks.items():
         blank[rank] = token.isspace()
-    return EvalTokenizer(_name_for(path), str(path), KIND_OURS, tok.sha256, nonspecial, blank,
+    return EvalTokenizer("", "", KIND_OURS, tok.sha256, nonspecial, blank,
                          tok.token_bytes.astype(np.int64), "tokshard token_bytes", "", len(tok.special_tokens),
                          ours=tok)
 

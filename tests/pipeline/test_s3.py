@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from tests.conftest import committed_shard_bytes, free_port, run_tokshard, shard_bytes, start_moto_server
 from tests.local_cluster import wait_for
-from tokshard.pipeline import jobs, storage
+from tokshard.pipeline import evaluate, export, jobs, mix, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import TOKENIZER_FILES, Tokenizer
@@ -334,3 +335,118 @@ def test_denied_write_is_refused_before_any_task(corpus_dir, small_tokenizer_dir
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# -- export, eval-tokenizer and mix over runs and tokenizers at URLs -------------------------------------------
+def _export_files(dest: str) -> dict[str, bytes]:
+    return {name: storage.read_bytes(storage.join(dest, name)) for name in sorted(storage.list_files(dest))}
+
+
+@pytest.mark.parametrize("fmt", ["nanogpt", "megatron"])
+def test_export_from_s3_to_s3_equals_export_of_the_local_run(fmt, s3_run, local_run, tmp_path):
+    url, _ = s3_run
+    remote = export.export(url, f"{url}-export", fmt, tokens_per_file=20_000)
+    local = export.export(local_run, tmp_path / "export", fmt, tokens_per_file=20_000)
+    remote_files, local_files = _export_files(f"{url}-export"), _export_files(str(tmp_path / "export"))
+    assert sorted(remote_files) == sorted(local_files) and len(remote_files) > 3
+    for name in local_files:
+        if name != export.EXPORT_JSON:  # it names the source and dest
+            assert remote_files[name] == local_files[name], name
+    assert json.loads(remote_files[export.EXPORT_JSON]) == remote
+    assert {k: v for k, v in remote.items() if k not in ("source", "dest", "data_prefix")} == \
+        {k: v for k, v in local.items() if k not in ("source", "dest", "data_prefix")}
+    with pytest.raises(ValueError, match="already holds"):
+        export.export(url, f"{url}-export", fmt, tokens_per_file=20_000)
+
+
+def test_export_to_a_missing_bucket_is_refused_and_a_failed_export_leaves_nothing(s3_run, s3_bucket, monkeypatch,
+                                                                                   tmp_path):
+    url, _ = s3_run
+    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "cache"))  # this test empties its cache
+    with pytest.raises(storage.StorageError, match="does not exist"):
+        export.export(url, "s3://no-such-bucket-tokshard/x", "nanogpt")
+    dest = f"{s3_bucket}/half"
+    # A shard object whose bytes differ from the manifest's sha256 is refused before anything is written.
+    first = storage.join(url, Manifest.read(url).shards[0]["path"])
+    good = storage.read_bytes(first)
+    storage.write_bytes(first, good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(ValueError, match="fails verification.*sha256"):
+        export.export(url, dest, "nanogpt")
+    assert storage.list_files(dest) == {}
+    storage.write_bytes(first, good)
+    # A shard that vanishes after the run was verified fails the export midway: the files written before it are
+    # removed, so the same command can run again once the run is repaired.
+    victim = storage.join(url, [r for r in Manifest.read(url).shards if r["split"] == "train"][-1]["path"])
+    split_streams = export._split_streams
+
+    def then_vanish(source: str, fmt: str):
+        got = split_streams(source, fmt)
+        storage.remove([victim])
+        shutil.rmtree(storage.cache_dir())  # and its verified copy is gone from the cache too
+        return got
+
+    removed: list[str] = []
+    remove = export._Written.remove
+
+    def remove_and_record(self: export._Written) -> None:
+        removed.extend(self.paths)
+        remove(self)
+
+    monkeypatch.setattr(export, "_split_streams", then_vanish)
+    monkeypatch.setattr(export._Written, "remove", remove_and_record)
+    with pytest.raises(ValueError, match="not found"):  # the last train shard: val and most train files came first
+        export.export(url, dest, "nanogpt", tokens_per_file=20_000)
+    assert len(removed) > 3 and storage.list_files(dest) == {}  # files had been written, and are gone
+
+
+def test_eval_tokenizer_with_s3_tokenizers_and_text_gives_the_local_numbers(s3_bucket, small_tokenizer_dir,
+                                                                            corpus_dir, tmp_path):
+    tok_url, json_url = f"{s3_bucket}/tok/tokenizer", f"{s3_bucket}/hf/tokenizer.json"
+    Tokenizer.load(small_tokenizer_dir).save(tok_url)
+    storage.write_bytes(json_url, (small_tokenizer_dir / "tokenizer.json").read_bytes())
+    parquet = sorted(corpus_dir.glob("*.parquet"))[0]
+    text_url = f"{s3_bucket}/text/{parquet.name}"
+    storage.write_bytes(text_url, parquet.read_bytes())
+    options = {"limit_docs": 200, "repeats": 1}
+    local = evaluate.run([str(small_tokenizer_dir), str(small_tokenizer_dir / "tokenizer.json")], tmp_path / "a",
+                         source=str(parquet), **options)
+    remote = evaluate.run([tok_url, json_url], tmp_path / "b", source=text_url, **options)
+
+    def numbers(report: dict) -> list[dict]:
+        return [{k: v for k, v in t.items() if k not in ("name", "path", "throughput", "engine")}
+                for t in report["tokenizers"]]
+
+    assert numbers(remote) == numbers(local)
+    assert [t["kind"] for t in remote["tokenizers"]] == ["tokshard", "tokenizer.json"]
+    assert [t["path"] for t in remote["tokenizers"]] == [tok_url, json_url]
+    assert remote["source"]["documents"] == local["source"]["documents"] == 200
+    cli = json.loads(run_tokshard("eval-tokenizer", tok_url, json_url, "--source", text_url, "--out",
+                                  str(tmp_path / "cli"), "--limit-docs", "200", "--repeats", "1", "--json").stdout)
+    assert numbers(cli) == numbers(local)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate.run([f"{s3_bucket}/nothing-here"], tmp_path / "c", **options)
+
+
+def test_mix_over_an_s3_run_equals_the_plan_over_the_local_run(s3_run, local_run, s3_bucket, tmp_path):
+    url, _ = s3_run
+    run_tokshard("mix", f"web={url}:1", "--tokens", "30000", "--seq-len", "128", "--out", f"{s3_bucket}/plan")
+    run_tokshard("mix", f"web={local_run}:1", "--tokens", "30000", "--seq-len", "128", "--out", str(tmp_path / "plan"))
+    remote, local = mix.read_plan(f"{s3_bucket}/plan"), mix.read_plan(tmp_path / "plan")
+    assert remote.rows == local.rows > 0
+    for name in (mix.SEGMENTS_NPY, mix.ROWS_NPY):
+        assert storage.read_bytes(f"{s3_bucket}/plan/{name}") == (tmp_path / "plan" / name).read_bytes()
+
+    def described(plan: mix.Plan) -> dict:
+        sources = [{**s, "run": None, "shards": [{**sh, "path": ATTEMPT_SUFFIX.sub(".arrow", sh["path"])}
+                                                 for sh in s["shards"]]} for s in plan.data["sources"]]
+        return {**plan.data, "sources": sources}
+
+    assert described(remote) == described(local)
+    assert mix.check_sources(remote.data) == []
+    # The plan at its URL exports the same rows to a URL as the local plan does to a directory.
+    summary = json.loads(run_tokshard("export", "--format", "megatron", f"{s3_bucket}/plan", f"{s3_bucket}/megatron",
+                                      "--json").stdout)
+    assert summary["data_prefix"]["train"] == f"{s3_bucket}/megatron/train"
+    export.export(tmp_path / "plan", tmp_path / "from-local", "megatron")
+    for name in ("train.bin", "train.idx", "val.bin", "val.idx"):
+        assert storage.read_bytes(f"{s3_bucket}/megatron/{name}") == (tmp_path / "from-local" / name).read_bytes()

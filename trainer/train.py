@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from tokshard.data import IGNORE_INDEX, PackedRows, open_plan
+from tokshard.data import IGNORE_INDEX, SHUFFLE_BLOCK, PackedRows, open_plan
 from tokshard.pipeline import atomic, storage
 from tokshard.trainer import checkpoint, optim
 from tokshard.trainer.bpb import Score, score_windows
@@ -331,7 +331,10 @@ def _batches(settings: dict[str, Any], ds: Dataset, ranks: Dist) -> tuple[Callab
         return window_batches(stream, batch_size, ranks.rank), (
             f"{stream.n_windows:,} train windows ({stream.n_windows * seq_len:,} tokens/epoch)")
     rows = settings["steps"] * settings["grad_accum"] * batch_size * ranks.world
-    plan = ds.plan or open_plan(ds.out_dir, seq_len=seq_len, tokens=rows * seq_len, seed=settings["seed"],
+    # Whole shuffle blocks (tokshard.data), so a longer run's plan reads its first rows in the same order (resume
+    # with more --steps).
+    planned = -(-rows // SHUFFLE_BLOCK) * SHUFFLE_BLOCK
+    plan = ds.plan or open_plan(ds.out_dir, seq_len=seq_len, tokens=planned * seq_len, seed=settings["seed"],
                                 max_epochs=math.inf,  # like windows, a run's data repeats as long as training lasts
                                 split_long=settings["packing"] == "best-fit-split")
     if plan.data["seq_len"] != seq_len:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +69,32 @@ def hf_reference(tok_dir: Path) -> tokenizers.Tokenizer:
     hf = tokenizers.Tokenizer.from_file(str(Path(tok_dir) / "tokenizer.json"))
     hf.encode_special_tokens = True
     return hf
+
+
+def http_json(url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST `body` as JSON (GET without one) to a server the test started; (status, parsed JSON or text), and
+    (0, the reason) when nothing answers."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            raw = response.read()
+            return response.status, json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        return 0, str(e)
+
+
+def shard_ids(out: Path) -> Counter[str]:
+    """How many times each document id appears in a local run's shards (exactly-once checks)."""
+    from tokshard.pipeline.shards import ShardReader
+
+    ids: Counter[str] = Counter()
+    for path in Path(out).glob("*/shard-*.arrow"):
+        with ShardReader(path) as reader:
+            ids.update(reader.ids)
+    return ids
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:

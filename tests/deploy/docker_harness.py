@@ -15,9 +15,10 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from tests.local_cluster import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,13 +60,8 @@ def require_engine() -> None:
 
 
 def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 1.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    """local_cluster.wait_for, polling once a second by default (containers are slow to change)."""
+    return wait_for(condition, timeout, what, interval)
 
 
 def image_exists(name: str) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import sample_texts
+from tests.conftest import http_json, sample_texts
 from tests.local_cluster import LocalCluster, free_port, wait_for
 from tokshard.pipeline.cli import build_parser
 from tokshard.pipeline.manifest import Manifest
@@ -613,14 +613,7 @@ class Localized:
 
 
 def http(url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    request = urllib.request.Request(url, json.dumps(body).encode() if body is not None else None, headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return http_json(url, body, {"Authorization": f"Bearer {token}"} if token else None)
 
 
 def healthy(service: dict[str, Any], local: Localized) -> bool:

@@ -17,8 +17,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import free_port, sample_texts
+from tests.conftest import free_port, sample_texts, shard_ids
+from tests.conftest import http_json as http
 from tests.deploy.docker_harness import (
     REPO,
     ComposeProject,
@@ -35,7 +34,6 @@ from tests.deploy.docker_harness import (
     wait_until,
 )
 from tokshard.pipeline.manifest import Manifest
-from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
 
 # image builds and a cluster on a shared 2-core machine: well past pyproject's 600 s default
@@ -44,18 +42,6 @@ pytestmark = [pytest.mark.compose, pytest.mark.timeout(2400)]
 BIG_COPIES = 16  # the bundled sample 16 times over: ~70 MB of text, ~35 slices of 2 MB on 3 one-CPU workers
 SLICE_MB = 2
 
-
-def http(url: str, body: object = None, headers: dict[str, str] | None = None) -> tuple[int, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data, {"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        return 0, str(e)
 
 
 class Cluster:
@@ -186,9 +172,5 @@ def test_three_workers_one_killed_mid_encode_every_document_exactly_once(cluster
     out = cluster.copy_out("/outputs/big", tmp_path / "big")
     manifest = Manifest.read(out)
     assert manifest.data["complete"] and manifest.verify(out) == []
-    ids: Counter[str] = Counter()
-    for path in out.glob("*/shard-*.arrow"):
-        with ShardReader(path) as reader:
-            ids.update(reader.ids)
     expected = Counter(pq.read_table(cluster.data / "big.parquet", columns=["id"]).column("id").to_pylist())
-    assert ids == expected
+    assert shard_ids(out) == expected

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.conftest import shard_ids
 from tests.deploy.docker_harness import (
     REPO,
     RUN_ID,
@@ -37,7 +38,6 @@ from tests.deploy.docker_harness import (
 )
 from tokshard.pipeline import sources
 from tokshard.pipeline.manifest import Manifest
-from tokshard.pipeline.shards import ShardReader
 
 # every node pip-installs tokshard: well past pyproject's 600 s default on a shared 2-core machine
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(2400)]
@@ -146,11 +146,7 @@ def test_ray_up_submit_down_on_ssh_nodes(nodes):
         ray("rsync-down", str(config_path), "/shared/shards/", str(out))
         manifest = Manifest.read(out)
         assert manifest.data["complete"] and manifest.verify(out) == []
-        ids: Counter[str] = Counter()
-        for path in out.glob("*/shard-*.arrow"):
-            with ShardReader(path) as reader:
-                ids.update(reader.ids)
-        assert ids == Counter(pq.read_table(corpus, columns=["id"]).column("id").to_pylist())
+        assert shard_ids(out) == Counter(pq.read_table(corpus, columns=["id"]).column("id").to_pylist())
         # The shards were encoded with the tokenizer train_tokenizer.py wrote.
         tok = json_in(ray.on_head("tokshard inspect --json /shared/tok"))
         assert tok["problems"] == [] and manifest.tokenizer["sha256"] == tok["sha256"], tok

@@ -22,17 +22,28 @@ from tests.conftest import free_port
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains `text` (read from /proc; no extra dependency)."""
+def _processes_whose(field: str, text: str) -> list[int]:
+    """PIDs (this one aside) whose /proc/PID/`field` contains `text` (read from /proc; no extra dependency)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if text.encode() in (entry / "cmdline").read_bytes():
+                if text.encode() in (entry / field).read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text`."""
+    return _processes_whose("cmdline", text)
+
+
+def processes_with_env(marker: str) -> list[int]:
+    """PIDs whose environment holds `marker`. Ray workers retitle themselves (`ray::IDLE`), so their command line
+    does not say which Ray instance they belong to; the environment they inherited does."""
+    return _processes_whose("environ", marker)
 
 
 def ancestors(pid: int) -> list[int]:

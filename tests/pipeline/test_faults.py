@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import committed_shard_bytes, sample_texts, shard_bytes
-from tests.local_cluster import LocalCluster, task_processes, wait_for
+from tests.local_cluster import LocalCluster, processes_with_env, task_processes, wait_for
 from tokshard.pipeline import jobs, storage
 from tokshard.pipeline.manifest import Manifest, unlisted_shards
 from tokshard.pipeline.shards import ShardReader
@@ -114,28 +114,14 @@ def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokeni
         cluster.stop()
 
 
-def _processes_with_env(marker: str) -> list[int]:
-    """PIDs whose environment holds `marker`. Ray workers retitle themselves (`ray::IDLE`), so their command line
-    does not say which Ray instance they belong to; the environment they inherited does."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def _kill_everything_of(marker: str) -> None:
     """SIGKILL every process of a Ray instance (driver, GCS, raylet, workers) until none is left: a worker that
     outlived its raylet for a moment could otherwise still write while the resumed run starts."""
     def all_gone() -> bool:
-        for pid in _processes_with_env(marker):
+        for pid in processes_with_env(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return not _processes_with_env(marker)
+        return not processes_with_env(marker)
 
     wait_for(all_gone, 60, f"every process with {marker} to exit", interval=0.2)
 

@@ -83,7 +83,9 @@ def _committed_slices(out: str) -> int:
 
 @pytest.mark.slow
 def test_worker_process_and_worker_node_killed_mid_task(big_source, small_tokenizer_dir, reference, out):
-    cluster = LocalCluster(head_cpus=1)
+    # No CPUs on the head (as in docker-compose.yml): every task runs on the two worker nodes, so both are busy
+    # until the last slices (Ray's scheduler would otherwise keep short tasks on the driver's node).
+    cluster = LocalCluster(head_cpus=0)
     try:
         workers = [cluster.add_node(cpus=1), cluster.add_node(cpus=1)]
         driver = subprocess.Popen(_encode_cmd(big_source, small_tokenizer_dir, out, "--address", cluster.address),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 import itertools
 import json
 import os
@@ -240,14 +239,6 @@ def parse_tokenizer_json(spec: dict[str, Any]) -> tuple[dict[bytes, int], str, d
     return ranks, pattern, specials
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class UnencodableError(ValueError):
     """A text the engine cannot encode (a run of millions of one character class exceeds its regex engine's
     limits, as it exceeds HF tokenizers'); `index` is its position in the batch that was being encoded."""
@@ -459,7 +450,7 @@ class Tokenizer:
             "pattern": self.pattern,
             "special_tokens": self.special_tokens,
             "bos_id": self.bos_id,
-            "tokenizer_json_sha256": sha256_file(d / TOKENIZER_JSON),
+            "tokenizer_json_sha256": storage.sha256_of(d / TOKENIZER_JSON),
             "token_bytes": TOKEN_BYTES_NPY,
             "training": training if training is not None else self.metadata.get("training"),
         }
@@ -477,7 +468,7 @@ class Tokenizer:
         meta: dict[str, Any] = {}
         if (d / METADATA_JSON).is_file():
             meta = json.loads((d / METADATA_JSON).read_text())
-        digest = sha256_file(path)
+        digest = storage.sha256_of(path)
         if meta.get("tokenizer_json_sha256") not in (None, digest):
             raise ValueError(f"{path} does not match the sha256 recorded in {d / METADATA_JSON}: "
                              "the file was changed after training; re-train or restore it")
@@ -516,7 +507,7 @@ def load_cached(directory: str, sha256: str) -> Tokenizer:
     local = storage.local_dir(directory, TOKENIZER_FILES) if storage.is_url(directory) else Path(directory)
     if not (local / TOKENIZER_JSON).is_file():
         return Tokenizer.load(directory)  # raises the error that says what is missing
-    on_disk = sha256_file(local / TOKENIZER_JSON)
+    on_disk = storage.sha256_of(local / TOKENIZER_JSON)
     if sha256 and on_disk != sha256:
         raise ValueError(f"tokenizer at {directory} has sha256 {on_disk}, expected {sha256}")
     tok = _LOADED.get(on_disk)

@@ -25,7 +25,7 @@ import numpy as np
 import regex
 
 from tokshard.pipeline import storage
-from tokshard.pipeline.tokenizer import METADATA_JSON, TOKENIZER_JSON, Tokenizer, _unicode_to_byte, sha256_file
+from tokshard.pipeline.tokenizer import METADATA_JSON, TOKENIZER_JSON, Tokenizer, _unicode_to_byte
 
 _BYTE_FALLBACK = regex.compile(r"<0x[0-9A-Fa-f]{2}>")
 KIND_OURS = "tokshard"
@@ -202,7 +202,7 @@ def _load_foreign(path: Path) -> EvalTokenizer:
     specials = [i for i, t in added.items() if t.special and i < len(nonspecial)]
     nonspecial[specials] = False  # ids that are in no vocabulary (cl100k has gaps) stay False too
     engine = f"HF tokenizers {tokenizers.__version__} encode_batch, TOKENIZERS_PARALLELISM=false"
-    return EvalTokenizer(_name_for(path), str(path), KIND_HF, sha256_file(path), nonspecial, blank, table,
+    return EvalTokenizer(_name_for(path), str(path), KIND_HF, storage.sha256_of(path), nonspecial, blank, table,
                          method, engine, len(specials), hf=hf)
 
 

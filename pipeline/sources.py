@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tokshard.pipeline import storage
+
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_ID_COLUMN = "id"
 DEFAULT_SLICE_BYTES = 64 << 20  # uncompressed text per slice: bounds a worker's memory and sets shard size
@@ -43,13 +45,11 @@ def bundled_sample() -> str:
 
 
 def _filesystem(url: str):
-    import fsspec
-
+    """storage.filesystem, its error as a SourceError (a source the run cannot read)."""
     try:
-        fs, path = fsspec.core.url_to_fs(url)
-    except ImportError as e:
-        raise SourceError(f"cannot open {url}: {e}. Install the filesystem package for this URL scheme.") from e
-    return fs, path
+        return storage.filesystem(url)
+    except storage.StorageError as e:
+        raise SourceError(str(e)) from e
 
 
 def resolve_files(source: str | None) -> list[str]:

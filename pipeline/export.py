@@ -119,7 +119,7 @@ def _check_run(out: str, fmt: str) -> Manifest:
     """The manifest of a complete, verified run in `out` (uint16 for nanogpt); otherwise a ValueError saying what
     to do."""
     manifest = Manifest.read(out)  # FileNotFoundError / ValueError with the path
-    path = mix.join(out, "manifest.json")
+    path = storage.join(out, "manifest.json")
     if not manifest.data.get("complete", False):
         errors = manifest.data.get("errors") or []
         first = f"; first: {errors[0]}" if errors else ""
@@ -145,7 +145,7 @@ def _fetch_verified(run: str, manifest: Manifest) -> list[str]:
     problems = []
     for rec in manifest.shards:
         try:
-            storage.local_file(mix.join(run, rec["path"]), rec["sha256"])
+            storage.local_file(storage.join(run, rec["path"]), rec["sha256"])
         except (FileNotFoundError, ValueError) as e:
             problems.append(str(e))
     return problems
@@ -163,9 +163,9 @@ class SplitStream:
 def _shard_stream(run: str, records: list[dict[str, Any]]) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
     def gen() -> Iterator[tuple[str, np.ndarray]]:
         for rec in records:
-            with ShardReader(mix.join(run, rec["path"]), rec["sha256"]) as reader:
+            with ShardReader(storage.join(run, rec["path"]), rec["sha256"]) as reader:
                 offsets = np.array(reader.offsets)  # a copy: the map is closed before the caller uses it
-            yield mix.join(run, rec["path"]), offsets
+            yield storage.join(run, rec["path"]), offsets
     return gen
 
 
@@ -180,7 +180,7 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
             raise ValueError(f"{source}: the runs changed since the plan was made: {'; '.join(problems[:3])}. "
                              "Rebuild the plan with `tokshard mix`")
         manifests = [_check_run(src["run"], fmt) for src in plan.data["sources"]]
-        paths = [[mix.join(src["run"], sh["path"]) for sh in src["shards"]] for src in plan.data["sources"]]
+        paths = [[storage.join(src["run"], sh["path"]) for sh in src["shards"]] for src in plan.data["sources"]]
 
         def segments() -> Iterator[tuple[str, np.ndarray]]:
             for src, shard, start, length in plan.segments.tolist():
@@ -195,7 +195,7 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
 
         streams = {"val": SplitStream(val_docs, sum(r["tokens"] for _, r in val), sum(r["documents"] for _, r in val)),
                    "train": SplitStream(segments, int(plan.segments["length"].sum()), len(plan.segments))}
-        sha256s = {mix.join(src["run"], r["path"]): r["sha256"] for src, m in zip(plan.data["sources"], manifests,
+        sha256s = {storage.join(src["run"], r["path"]): r["sha256"] for src, m in zip(plan.data["sources"], manifests,
                                                                                     strict=True) for r in m.shards}
         return streams, manifests[0].tokenizer, sha256s
     manifest = _check_run(source, fmt)
@@ -204,7 +204,7 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
         records = [r for r in manifest.shards if r["split"] == split]
         streams[split] = SplitStream(_shard_stream(source, records), sum(r["tokens"] for r in records),
                                      sum(r["documents"] for r in records))
-    return streams, manifest.tokenizer, {mix.join(source, r["path"]): r["sha256"] for r in manifest.shards}
+    return streams, manifest.tokenizer, {storage.join(source, r["path"]): r["sha256"] for r in manifest.shards}
 
 
 def _check_dest(dest: str, pattern: str) -> None:

@@ -90,11 +90,6 @@ def _default_name(run: str) -> str:
     return run.rstrip("/").rsplit("/", 1)[-1] or run
 
 
-def join(base: str, rel: str) -> str:
-    """`base/rel` for a local directory or an fsspec URL (pathlib would collapse the '//' of `s3://`)."""
-    return storage.join(base, rel)
-
-
 @dataclass
 class RunDocs:
     """The train documents of one finished run: per shard its manifest record and document offsets."""
@@ -122,14 +117,15 @@ def open_run(run: str) -> RunDocs:
     """Read a run's manifest and its train shards' document offsets (not the tokens)."""
     manifest = Manifest.read(run)
     if not manifest.data.get("complete", False):
-        raise PlanError(f"{join(run, MANIFEST)} describes an incomplete run; finish it (re-run `tokshard encode` into "
-                        "the same directory) before mixing it")
+        raise PlanError(f"{storage.join(run, MANIFEST)} describes an incomplete run; finish it (re-run "
+                        "`tokshard encode` into the same directory) before mixing it")
     records = sorted((r for r in manifest.shards if r["split"] == "train"), key=lambda r: r["path"])
     offsets = []
     for rec in records:
-        with ShardReader(join(run, rec["path"]), rec["sha256"]) as reader:
+        path = storage.join(run, rec["path"])
+        with ShardReader(path, rec["sha256"]) as reader:
             if reader.tokenizer_sha256 != manifest.tokenizer["sha256"]:
-                raise PlanError(f"{join(run, rec['path'])} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, "
+                raise PlanError(f"{path} was encoded with tokenizer {reader.tokenizer_sha256[:12]}…, "
                                 f"not the manifest's {manifest.tokenizer['sha256'][:12]}…")
             offsets.append(np.array(reader.offsets, dtype=np.int64))
     return RunDocs(run=run, tokenizer_sha256=manifest.tokenizer["sha256"], bos_id=int(manifest.tokenizer["bos_id"]),
@@ -370,16 +366,16 @@ def write_plan(plan_dir: str | Path, plan: dict[str, Any], packed: PackResult) -
     """segments.npy and rows.npy first, plan.json (with their sha256) last: a plan.json always describes
     complete arrays. `plan_dir` is a local directory or a URL (each file written whole, pipeline/storage.py)."""
     d = str(plan_dir)
-    if storage.exists(join(d, PLAN_JSON)):
-        raise PlanError(f"{join(d, PLAN_JSON)} exists; choose another --out or delete the old plan")
+    if storage.exists(storage.join(d, PLAN_JSON)):
+        raise PlanError(f"{storage.join(d, PLAN_JSON)} exists; choose another --out or delete the old plan")
     storage.makedirs(d)
     files = {}
     for name, arr in ((SEGMENTS_NPY, packed.segments), (ROWS_NPY, packed.row_first)):
-        with storage.open_write(join(d, name)) as f:
+        with storage.open_write(storage.join(d, name)) as f:
             np.save(f, arr)
-        files[name] = storage.sha256_of(join(d, name))
-    storage.write_json(join(d, PLAN_JSON), {**plan, "files": files})
-    return join(d, PLAN_JSON)
+        files[name] = storage.sha256_of(storage.join(d, name))
+    storage.write_json(storage.join(d, PLAN_JSON), {**plan, "files": files})
+    return storage.join(d, PLAN_JSON)
 
 
 @dataclass
@@ -404,26 +400,26 @@ class Plan:
 
 
 def is_plan(path: str | Path) -> bool:
-    return storage.exists(join(str(path), PLAN_JSON))
+    return storage.exists(storage.join(str(path), PLAN_JSON))
 
 
 def read_plan(plan_dir: str | Path) -> Plan:
     """A plan, local or at a URL (its arrays then memory-mapped from storage's local cache)."""
     d = str(plan_dir)
     try:
-        data = storage.read_json(join(d, PLAN_JSON))
+        data = storage.read_json(storage.join(d, PLAN_JSON))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{join(d, PLAN_JSON)} not found: {d} is not a `tokshard mix` plan") from None
+        raise FileNotFoundError(f"{storage.join(d, PLAN_JSON)} not found: {d} is not a `tokshard mix` plan") from None
     if data.get("format") != PLAN_FORMAT:
-        raise ValueError(f"{join(d, PLAN_JSON)}: unknown plan format {data.get('format')!r}")
+        raise ValueError(f"{storage.join(d, PLAN_JSON)}: unknown plan format {data.get('format')!r}")
     local = {}
     for name, sha in data["files"].items():
-        local[name] = storage.local_file(join(d, name), sha)  # a URL's copy is checked as it is fetched
+        local[name] = storage.local_file(storage.join(d, name), sha)  # a URL's copy is checked as it is fetched
         if storage.is_url(d):
             continue
         got = hashlib.sha256(local[name].read_bytes()).hexdigest()
         if got != sha:
-            raise ValueError(f"{join(d, name)}: sha256 {got[:12]}… differs from plan.json's {sha[:12]}… (file "
+            raise ValueError(f"{storage.join(d, name)}: sha256 {got[:12]}… differs from plan.json's {sha[:12]}… (file "
                              "replaced or damaged); rebuild the plan with `tokshard mix`")
     return Plan(d, data, np.load(local[SEGMENTS_NPY], mmap_mode="r"), np.load(local[ROWS_NPY], mmap_mode="r"))
 
@@ -452,7 +448,7 @@ def check_sources(plan_data: dict[str, Any]) -> list[str]:
                 problems.append(f"source {src['name']}: shard {rec['path']} sha256 is now {cur['sha256'][:12]}…, "
                                 f"the plan was made with {rec['sha256'][:12]}…")
             else:  # what the store or disk reports, without reading the shard
-                path = join(src["run"], rec["path"])
+                path = storage.join(src["run"], rec["path"])
                 found = storage.info(path)
                 if found is None:
                     problems.append(f"source {src['name']}: {path} is missing")

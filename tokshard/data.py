@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tokshard.pipeline import mix
+from tokshard.pipeline import mix, storage
 from tokshard.pipeline.manifest import Manifest
 from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
@@ -69,7 +69,7 @@ def _verify(plan: mix.Plan) -> None:
     for src in plan.data["sources"]:
         if problems:
             break
-        tok_dir = mix.join(src["run"], Manifest.read(src["run"]).tokenizer.get("path", "tokenizer"))
+        tok_dir = storage.join(src["run"], Manifest.read(src["run"]).tokenizer.get("path", "tokenizer"))
         got = Tokenizer.load(tok_dir).sha256
         if got != want:
             problems.append(f"source {src['name']}: {tok_dir} has sha256 {got[:12]}…, the plan's shards were made "
@@ -139,7 +139,7 @@ class PackedRows(IterableDataset):
         key = (source, shard)
         if key not in self._readers:
             src = self.plan.data["sources"][source]
-            reader = ShardReader(mix.join(src["run"], src["shards"][shard]["path"]))
+            reader = ShardReader(storage.join(src["run"], src["shards"][shard]["path"]))
             self._open.append(reader)
             self._readers[key] = reader.tokens
         return self._readers[key]

@@ -403,6 +403,11 @@ class SliceDone(NamedTuple):
     kept: bool
 
 
+def _rows_done(records: list[dict[str, Any]]) -> RowsDone:
+    """A kept slice's counts for the progress display, from its shard records."""
+    return RowsDone(*(sum(r[k] for r in records) for k in ("documents", "tokens", "text_bytes")))
+
+
 def encode_slice(
     slice_: sources.Slice,
     tokenizer_dir: str,
@@ -427,7 +432,7 @@ def encode_slice(
     info = asdict(slice_)
     done = read_slice_records(out, slice_.name)
     if done is not None and done["slice"] == info and not verify_shards(out, done["shards"]):
-        yield RowsDone(*(sum(r[k] for r in done["shards"]) for k in ("documents", "tokens", "text_bytes")))
+        yield _rows_done(done["shards"])
         for _ in range(slice_.rg_start + 1, slice_.rg_end):
             yield RowsDone(0, 0, 0)
         yield SliceDone(done["shards"], True)
@@ -578,7 +583,7 @@ def encode(
                             kept=len(done))
     progress = Progress(total_bytes=sum(s.text_bytes_estimate for s in plan.slices), show=show_progress)
     for recs in done.values():  # the slices kept above count as done from the start
-        progress.add(RowsDone(*(sum(r[k] for r in recs) for k in ("documents", "tokens", "text_bytes"))))
+        progress.add(_rows_done(recs))
     todo = [s for s in plan.slices if s.name not in done]
     local = runs_in_process(address, in_process, sum(s.text_bytes_estimate for s in todo))
     try:

@@ -21,7 +21,7 @@ pattern then fails loudly instead of falling back.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import ctypes
 import os
@@ -90,9 +90,9 @@ class GigatokenEngine:
 
         self._baseline_rss, self._chars_since_check = _rss_bytes(), 0
         # gigatoken reads ranks from a .tiktoken file only: write one (base64 token, rank per line), load, delete.
-        with tempfile.NamedTemporaryFile("w", suffix=".tiktoken", delete=False) as f:
-            for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]):
-                f.write(f"{base64.b64encode(token).decode()} {rank}\n")
+        with tempfile.NamedTemporaryFile("wb", suffix=".tiktoken", delete=False) as f:
+            f.write(b"".join(binascii.b2a_base64(token, newline=False) + b" %d\n" % rank
+                             for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1])))
         try:
             # No special tokens: special-token text inside a document is plain text in tokshard.
             return BPETokenizer.from_tiktoken(f.name, self._scheme, {})

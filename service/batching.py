@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from tokshard.service.engine import Engine
 
 
@@ -23,13 +25,14 @@ class Coalescer:
         self.engine = engine
         self.max_chars = max_chars
         self.on_flush = on_flush  # called with the number of texts of each engine call (a metric)
-        self._pending: list[tuple[Sequence[str], asyncio.Future[list[list[int]]]]] = []
+        self._pending: list[tuple[Sequence[str], asyncio.Future[list[np.ndarray]]]] = []
         self._chars = 0
 
-    async def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Ids (without <|bos|>) of `texts`, which the caller has already checked (`Engine.utf8`)."""
+    async def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Ids (`<|bos|>` first, numpy views: `Engine.encode_checked`) of `texts`, which the caller has already
+        checked (`Engine.utf8`)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[list[int]]] = loop.create_future()
+        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
         self._pending.append((texts, future))
         self._chars += sum(map(len, texts))
         if len(self._pending) == 1:
@@ -46,7 +49,7 @@ class Coalescer:
         if self.on_flush is not None:
             self.on_flush(len(texts))
         try:
-            ids = self.engine.encode_checked(texts, bos=False)
+            ids = self.engine.encode_checked(texts)
         except Exception as e:  # not a client error (inputs were checked): every waiting request gets the 500
             for _, future in pending:
                 if not future.done():

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-import pydantic_core
+import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -40,13 +40,19 @@ def state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
+def to_json(content: Any) -> bytes:
+    """orjson, with numpy arrays written directly: token ids stay numpy views from the engine to the socket (for a
+    1 MB batch 2 ms, against 4.4 ms for pydantic_core on lists plus 6 ms to make those lists; docs/benchmarks.md)."""
+    return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(content: Any, status: int = 200) -> Response:
-    return Response(pydantic_core.to_json(content), status_code=status, media_type="application/json")
+    return Response(to_json(content), status_code=status, media_type="application/json")
 
 
 async def large_json_response(st: ServiceState, content: Any, chars: int) -> Response:
     """json_response, serialized in the thread pool when the request was large."""
-    return Response(await st.run(chars, pydantic_core.to_json, content), media_type="application/json")
+    return Response(await st.run(chars, to_json, content), media_type="application/json")
 
 
 def check_batch(st: ServiceState, n: int, param: str) -> None:
@@ -149,7 +155,7 @@ async def bpb(body: schemas.BpbRequest, request: Request) -> Response:
 
 def _score(st: ServiceState, texts: list[str], batched: bool) -> list[Score]:
     assert st.scorer is not None
-    ids, data = st.engine.encode(texts, bos=True, name="texts", batched=batched)
+    ids, data = st.engine.encode(texts, name="texts", batched=batched)
     total = sum(map(len, data))
     if total > st.config.limits.max_bpb_bytes:
         raise ServiceError(413, f"texts hold {total:,} bytes of UTF-8; /v1/bpb scores at most "

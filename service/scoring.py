@@ -11,8 +11,11 @@ client can combine any number of requests exactly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from tokshard.pipeline.tokenizer import Tokenizer
 
@@ -33,7 +36,7 @@ class Scorer:
         return {"name": self.name, "step": self.step, "context_len": self.context_len,
                 "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256}
 
-    def score(self, sequences: list[list[int]], token_bytes: Any) -> list[Score]:
+    def score(self, sequences: Sequence[np.ndarray | list[int]], token_bytes: Any) -> list[Score]:
         """One Score per sequence (each starts with <|bos|>), via trainer.bpb."""
         from tokshard.trainer.bpb import score_sequences
 

@@ -80,7 +80,7 @@ class ServiceState:
         if self.config.coalesce:
             ids = await self.coalescer.encode(texts)
         else:
-            ids = self.engine.encode_checked(texts, bos=False)
+            ids = self.engine.encode_checked(texts)
         return self.engine.results(ids, **options), sum(map(len, data))
 
     async def run_model(self, fn: Callable[..., T], *args: Any) -> T:

@@ -449,12 +449,12 @@ def test_coalescer_encodes_concurrent_requests_in_one_engine_call(small_tokenize
         sizes: list[int] = []
         coalescer = Coalescer(engine, max_chars=max_chars, on_flush=sizes.append)
 
-        async def all_at_once() -> list[list[list[int]]]:
+        async def all_at_once() -> list[list[np.ndarray]]:
             return await asyncio.gather(*(coalescer.encode(r) for r in requests))
 
-        return asyncio.run(all_at_once()), sizes
+        return [[row.tolist() for row in rows] for rows in asyncio.run(all_at_once())], sizes
 
-    expected = [small_tokenizer.encode_batch(r, bos=False) for r in requests]
+    expected = [small_tokenizer.encode_batch(r, bos=True) for r in requests]
     got, sizes = run(1_000_000)
     assert got == expected and sizes == [30]  # ready together: one engine call
     got, sizes = run(5_000)

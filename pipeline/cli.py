@@ -76,6 +76,10 @@ def _add_encoding(p: argparse.ArgumentParser) -> None:
                    help="uncompressed text per encode task / shard, in MiB")
     p.add_argument("--limit-docs", type=int, default=None, help="encode only the first N documents (trial runs)")
     p.add_argument("--limit-files", type=int, default=None, help="encode only the first N files (trial runs)")
+    _add_progress(p)
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal; plain log lines otherwise)")
 
@@ -119,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-weights", default=None, metavar="G=W,...", help="multiply groups' shares "
                    "(0 drops a group)")
     _add_training(p)
+    _add_progress(p)  # of SuperBPE's stage 2 (stage 1 trains in one rustbpe call)
     _add_ray(p)
 
     p = sub.add_parser("encode", help="encode SRC into token shards")
@@ -313,7 +318,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> int:
                                   superbpe_transition=args.superbpe_transition, balance_by=args.balance_by,
                                   balance_alpha=alpha,
                                   balance_weights=balance.parse_weights(args.balance_weights),
-                                  in_process=args.in_process)
+                                  in_process=args.in_process, show_progress=args.progress)
     _print(args, result.summary(), _train_lines(result.summary()))
     return 0
 
@@ -348,7 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if trained is None:
             # Trained beside OUT: encode checks OUT belongs to this run before it copies the tokenizer in.
             trained = jobs.train_tokenizer(args.source, Path(tmp) / "tokenizer", in_process=args.in_process,
-                                           **settings)
+                                           show_progress=args.progress, **settings)
         result = _encode(args, str(trained.tokenizer_dir))
         trained.tokenizer_dir = out_tok if remote else Path(out_tok)
     summary = {"tokenizer": trained.summary(), **result.summary()}

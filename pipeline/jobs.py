@@ -251,13 +251,15 @@ def train_tokenizer(
     balance_alpha: float = balance.DEFAULT_ALPHA,
     balance_weights: dict[str, float] | None = None,
     in_process: bool | None = None,
+    show_progress: bool | None = None,
 ) -> TrainResult:
     """Sample `source` in parallel Ray tasks, train byte-level BPE in one task, save a tokenizer directory.
     With `superbpe_transition` T, ordinary merges stop at a T-token vocabulary (special tokens included, like
     `vocab_size`) and SuperBPE's stage 2 learns the rest (pipeline/superbpe.py). With `balance_by` COLUMN each
     group's share of the sample is drawn by temperature sampling (pipeline/balance.py); `source` may then name
     several sources joined by commas. Plain training of a small local source runs in this process
-    (`runs_in_process`); balanced sampling and SuperBPE's sharded stage 2 use Ray."""
+    (`runs_in_process`); balanced sampling and SuperBPE's sharded stage 2 use Ray. `show_progress`: SuperBPE's
+    stage 2 reports its merges on stderr (pipeline/progress.py; default: a bar in a terminal, lines otherwise)."""
 
     if vocab_size < 256 + len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"--vocab-size must be at least {256 + len(SPECIAL_TOKENS) + 1} "
@@ -305,7 +307,7 @@ def train_tokenizer(
             # The refs travel inside a list so Ray hands them over unresolved; the task fetches them itself.
             trained = ray.get(train_task.remote(refs, stage1_size, regex, cap))
             if stage2 and len(trained["ranks"]) == stage2[0]:  # else too little text: reported below
-                _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS))
+                _continue_superbpe(trained, refs, stage2, vocab_size - len(SPECIAL_TOKENS), show_progress)
             if balance_by is not None:
                 balance_record = record_balance()
     n_docs, n_bytes = trained["documents"], trained["bytes"]
@@ -334,13 +336,15 @@ def train_tokenizer(
     return TrainResult(out_dir, tok.vocab_size, n_docs, n_bytes, seconds, tok.sha256, balance=balance_record)
 
 
-def _continue_superbpe(trained: dict[str, Any], refs: list[Any], stage2: tuple[int, str], n_tokens: int) -> None:
+def _continue_superbpe(trained: dict[str, Any], refs: list[Any], stage2: tuple[int, str], n_tokens: int,
+                       show_progress: bool | None) -> None:
     """SuperBPE's stage 2 on the documents stage 1 used, its pieces sharded over one Ray actor per CPU
     (pipeline/superbpe.py); replaces `trained`'s ranks and adds its record."""
     import ray
 
     ranks, stats = superbpe.train_stage2_ray(refs, trained["used_per_ref"], dict(trained["ranks"]), stage2[1],
-                                             n_tokens, shards=int(ray.cluster_resources().get("CPU", 1)))
+                                             n_tokens, shards=int(ray.cluster_resources().get("CPU", 1)),
+                                             show_progress=show_progress)
     trained["ranks"] = list(ranks.items())
     trained["superbpe"] = {"stage1_merges": stage2[0] - 256, "stage1_seconds": round(trained["seconds"], 3), **stats}
 

@@ -1,4 +1,7 @@
-"""Live progress of an encode run: tasks stream one count per row group to the driver, which displays them.
+"""Live progress on the driver: of an encode run (`Progress`), and of a loop of known length (`Steps`: SuperBPE's
+stage-2 merges, which can run for minutes after stage 1).
+
+An encode run's tasks stream one count per row group to the driver, which displays them.
 
 The counts travel as items of Ray streaming generators: `encode_slice` yields a `RowsDone` after each row group
 and its result last, and the driver takes them as they arrive while it waits for results. So progress needs no
@@ -70,4 +73,45 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self.update(force=True)
+            self._bar.close()
+
+
+class Steps:
+    """Progress of a loop of `total` steps on the driver: a tqdm bar in a terminal, one plain line every
+    `LOG_EVERY_S` seconds otherwise (CI, `ray job submit` logs), nothing when `show` is False."""
+
+    def __init__(self, total: int, desc: str, unit: str, show: bool | None = None) -> None:
+        self.total, self.desc, self.unit = max(total, 1), desc, unit
+        self.done = 0
+        self.start = self._last_log = time.time()
+        self.quiet = show is False
+        self._bar = None
+        if sys.stderr.isatty() if show is None else show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True,
+                             mininterval=DRAW_EVERY_S)
+
+    def note(self, message: str) -> None:
+        """A line about what happens before the steps start (unless quiet)."""
+        if self._bar is not None:
+            self._bar.write(f"{self.desc}: {message}", file=sys.stderr)  # above the bar, not through it
+        elif not self.quiet:
+            print(f"{self.desc}: {message}", file=sys.stderr, flush=True)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+            return
+        now = time.time()
+        if not self.quiet and now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            elapsed = now - self.start
+            eta = elapsed * (self.total - self.done) / self.done if self.done else float("nan")
+            print(f"{self.desc}: {self.done / self.total:6.1%} {self.done:,} / {self.total:,} {self.unit}s "
+                  f"{elapsed:,.0f}s ETA {eta:,.0f}s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
             self._bar.close()

@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tokshard.pipeline.progress import Steps
 from tokshard.pipeline.tokenizer import bpe_merge
 
 MAX_WORDS = 4
@@ -260,7 +261,8 @@ class Stage2Shard:
 
 
 def merge_loop(ranks: dict[bytes, int], counts: dict[tuple[int, int], int], n_tokens: int,
-               merge_all: Callable[[tuple[int, int]], list[dict[tuple[int, int], int]]]) -> tuple[list[bytes], int]:
+               merge_all: Callable[[tuple[int, int]], list[dict[tuple[int, int], int]]],
+               on_merge: Callable[[], None] | None = None) -> tuple[list[bytes], int]:
     """Merge the most frequent pair (ties: the smaller (left id, right id)) until `n_tokens` tokens or no pair is
     left; `merge_all(pair)` applies a merge in every shard and returns their count changes. Returns the tokens in
     rank order and how many candidates already were tokens (0: see the module docstring)."""
@@ -299,6 +301,8 @@ def merge_loop(ranks: dict[bytes, int], counts: dict[tuple[int, int], int], n_to
         for p in sorted(grown):
             if counts.get(p, 0) > 0:
                 heapq.heappush(heap, (-counts[p], p))
+        if on_merge is not None:
+            on_merge()
     return token, skipped
 
 
@@ -335,14 +339,17 @@ def train_stage2(texts: list[str], ranks: dict[bytes, int], pattern: str, n_toke
 
 
 def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int], pattern: str, n_tokens: int,
-                     shards: int, max_words: int = MAX_WORDS) -> tuple[dict[bytes, int], dict[str, Any]]:
+                     shards: int, max_words: int = MAX_WORDS, show_progress: bool | None = None
+                     ) -> tuple[dict[bytes, int], dict[str, Any]]:
     """`train_stage2` over Ray actors: shard i splits and encodes every `shards`-th document from i of the first
     limits[j] of each ref j (the sample stage 1 trained on), the caller's process runs `merge_loop`. One round trip
-    to every shard per merge."""
+    to every shard per merge. Progress (pipeline/progress.py) goes to stderr unless `show_progress` is False."""
     import ray
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     shards = max(1, min(shards, sum(limits)))
+    steps = Steps(n_tokens - len(ranks), "superbpe stage 2", "merge", show_progress)
+    steps.note(f"splitting and counting the sample's pieces on {shards} actor(s)")
     actor = ray.remote(num_cpus=1, max_restarts=0)(Stage2Shard)
     parts = [actor.remote(ranks, pattern, max_words) for _ in range(shards)]
     ray.get([a.add_refs.remote(refs, limits, i, shards) for i, a in enumerate(parts)])
@@ -351,12 +358,14 @@ def train_stage2_ray(refs: list[Any], limits: list[int], ranks: dict[bytes, int]
         for p, c in part.items():
             counts[p] = counts.get(p, 0) + c
     split_s = time.perf_counter() - t0
+    steps.note(f"{len(counts):,} pairs counted in {split_s:,.1f} s; merging")
     try:
         tokens, skipped = merge_loop(ranks, counts, n_tokens,
-                                     lambda pair: ray.get([a.merge.remote(pair) for a in parts]))
+                                     lambda pair: ray.get([a.merge.remote(pair) for a in parts]), steps.advance)
         shard_stats = ray.get([a.stats.remote() for a in parts])
         shard_cpu = ray.get([a.cpu_seconds.remote() for a in parts])
     finally:
+        steps.close()
         for a in parts:
             ray.kill(a)
     out = {tok: r for r, tok in enumerate(tokens)}

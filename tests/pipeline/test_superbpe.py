@@ -230,8 +230,9 @@ def test_sharded_stage2_gives_the_single_process_merges(trained):
     assert stats_three["pieces_trained"] >= stats_one["pieces_trained"]  # a piece may be in two shards
 
 
-def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster):
-    """The job's path: actors read the sample's refs, only the documents stage 1 used (limits), same merges."""
+def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster, capsys):
+    """The job's path: actors read the sample's refs, only the documents stage 1 used (limits), same merges; its
+    progress (a bar when asked) counts every merge."""
     import ray
 
     texts, stage1 = trained["train"][:400], trained["stage1"]
@@ -239,7 +240,13 @@ def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster)
     chunks = [texts[i : i + 50] for i in range(0, len(texts), 50)]
     limits = [50] * (len(chunks) - 2) + [20, 0]  # stage 1 stopped inside the second to last chunk
     used = [t for chunk, k in zip(chunks, limits, strict=True) for t in chunk[:k]]
-    ranks, stats = superbpe.train_stage2_ray([ray.put(c) for c in chunks], limits, stage1, pattern, n, shards=2)
+    refs = [ray.put(c) for c in chunks]
+    capsys.readouterr()
+    ranks, stats = superbpe.train_stage2_ray(refs, limits, stage1, pattern, n, shards=2, show_progress=True)
+    progress = capsys.readouterr().err
+    assert "superbpe stage 2: splitting and counting" in progress and f"{n - len(stage1)}/{n - len(stage1)}" in progress
     assert ranks == superbpe.train_stage2(used, stage1, pattern, n)[0]
+    assert superbpe.train_stage2_ray(refs, limits, stage1, pattern, n, shards=2, show_progress=False)[0] == ranks
+    assert capsys.readouterr().err == ""
     assert stats["stage2_documents"] == len(used) and stats["shards"] == 2 and stats["skipped_existing"] == 0
     assert len(stats["shard_cpu_seconds"]) == 2 and all(c > 0 for c in stats["shard_cpu_seconds"])

@@ -246,7 +246,8 @@ def test_ray_stage2_matches_in_process_on_the_limited_refs(trained, ray_cluster,
     progress = capsys.readouterr().err
     assert "superbpe stage 2: splitting and counting" in progress and f"{n - len(stage1)}/{n - len(stage1)}" in progress
     assert ranks == superbpe.train_stage2(used, stage1, pattern, n)[0]
-    assert superbpe.train_stage2_ray(refs, limits, stage1, pattern, n, shards=2, show_progress=False)[0] == ranks
-    assert capsys.readouterr().err == ""
+    few = len(stage1) + 4  # quiet: the same merges, not a character on stderr (4 merges keep the test short)
+    quiet = superbpe.train_stage2_ray(refs, limits, stage1, pattern, few, shards=2, show_progress=False)[0]
+    assert quiet == {t: r for t, r in ranks.items() if r < few} and capsys.readouterr().err == ""
     assert stats["stage2_documents"] == len(used) and stats["shards"] == 2 and stats["skipped_existing"] == 0
     assert len(stats["shard_cpu_seconds"]) == 2 and all(c > 0 for c in stats["shard_cpu_seconds"])

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="directory to write, local or fsspec URL (must not already hold exported files)")
     p.add_argument("--tokens-per-file", type=int, default=export.DEFAULT_TOKENS_PER_FILE,
                    help="nanogpt: tokens per exported file at most")
+    p.add_argument("--shuffle-block", type=int, default=None, metavar="ROWS",
+                   help=f"a plan's train rows are written in tokshard.data's read order: blocks of ROWS rows, each "
+                   f"permuted by the plan's seed (default {mix.SHUFFLE_BLOCK:,}, the loader's; 0 = the plan's order)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_json_only_on_stdout(cmd_export))
 
@@ -228,7 +231,8 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    summary = export.export(args.outdir, args.dest, args.format, tokens_per_file=args.tokens_per_file)
+    summary = export.export(args.outdir, args.dest, args.format, tokens_per_file=args.tokens_per_file,
+                            shuffle_block=args.shuffle_block)
     _print(args, summary, [export.describe(summary)])
     return 0
 

@@ -1,10 +1,14 @@
 """Export a tokshard run or `tokshard mix` plan to the token files other trainers read: nanoGPT / llm.c `.bin` files
 and Megatron-LM's indexed dataset (`.bin` + `.idx`).
 
-From a run, the documents go out in manifest order; from a plan, train is the plan's rows in order (each row's
-segments as documents, padding left out: the trainers pack their own sequences) and val is every source's val
-split, so a mixture's token shares, repetition and shuffle reach those trainers. Megatron's GPTDataset shuffles
-documents again with its own seed; nanoGPT-style loaders read the files in order.
+From a run, the documents go out in manifest order. From a plan, train is the plan's rows in the order
+`tokshard.data` reads them (`mix.RowOrder`: blocks of `shuffle_block` rows, each permuted by the plan's seed; 0
+keeps the plan's order), each row's segments as documents, padding left out (the trainers pack their own
+sequences); val is every source's val split. So a mixture's token shares, repetition and shuffle reach those
+trainers, and a trainer reading the files in order (nanoGPT-style loaders do) sees the same row sequence as
+`tokshard.data` at that block size, not the runs of one long document's row-sized pieces the packer emits. Only
+`tokshard.data`'s dropped final partial batch differs: the export keeps those rows. Megatron's GPTDataset shuffles
+documents again with its own seed.
 
 Megatron ("megatron"): `DEST/{train,val}.bin` holds the documents' token ids back to back (uint16, or int32 for a
 vocabulary above 65,536), `DEST/{train,val}.idx` the index Megatron-LM's `IndexedDataset` reads, as its definition
@@ -20,13 +24,13 @@ across both splits, validation first, as in modded-nanogpt's and llm.c's `finewe
 the tokenized stream is the validation file). Their loaders glob `fineweb_train_*.bin` and `fineweb_val_*.bin`.
 
 tokshard shards already hold `<|bos|>` first in every row, which is exactly the document separator those files
-carry, so export is a copy of the token stream in manifest order, re-cut into files. Unlike the peers' scripts,
-a file never ends in the middle of a document: modded-nanogpt's loader starts every sequence at a `<|bos|>`, so
-a document's tail carried over into the next file would never be trained on. Only a document longer than a
-whole file is cut, into file-sized pieces starting in a fresh file. Files therefore hold at most
-`tokens_per_file` tokens and usually slightly fewer. A split without documents (`--val-fraction 0`) gets no
-file, so the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and
-`<|endoftext|>` id; `export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
+carry, so export is a copy of the token stream (a run's in manifest order), re-cut into files. Unlike the peers'
+scripts, a file never ends in the middle of a document: modded-nanogpt's loader starts every sequence at a
+`<|bos|>`, so a document's tail carried over into the next file would never be trained on. Only a document longer
+than a whole file is cut, into file-sized pieces starting in a fresh file. Files therefore hold at most
+`tokens_per_file` tokens and usually slightly fewer. A split without documents (`--val-fraction 0`) gets no file, so
+the counter then starts the train files at 000000. The trainers hard-code GPT-2's vocabulary and `<|endoftext|>` id;
+`export.json` beside the files records the vocab size and `<|bos|>` id to set instead.
 
 The run (or the plan and its runs) and DEST may each be a local directory or an fsspec URL (`s3://`, `gs://`;
 pipeline/storage.py): shards at a URL are read through storage's local cache, and every exported file is written
@@ -34,7 +38,8 @@ whole or not at all (a temporary name and rename on disk, a completed upload on 
 export that fails removes the files it wrote.
 
 Memory stays bounded whatever the corpus size: shards are memory-mapped and their token ranges written straight
-from the map; only one shard's document offsets are held (plus, for megatron, one int32 length per document).
+from the map; only one shard's document offsets, or one shuffle block of a plan's rows and their segments, are held
+(plus, for megatron, one length per document).
 """
 
 from __future__ import annotations
@@ -169,10 +174,21 @@ def _shard_stream(run: str, records: list[dict[str, Any]]) -> Callable[[], Itera
     return gen
 
 
-def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[str, Any], dict[str, str]]:
+def _plan_rows_stream(plan: mix.Plan, paths: list[list[str]],
+                      order: mix.RowOrder) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
+    """A plan's train segments, rows in `order` and each row's segments in turn, one shuffle block at a time."""
+    def gen() -> Iterator[tuple[str, np.ndarray]]:
+        for b in range(order.blocks):
+            for src, shard, start, length in plan.rows_segments(order.block(b)).tolist():
+                yield paths[src][shard], np.array([start, start + length])
+    return gen
+
+
+def _split_streams(source: str, fmt: str,
+                   shuffle_block: int) -> tuple[dict[str, SplitStream], dict[str, Any], dict[str, str]]:
     """Per split what to export, the tokenizer record, and every shard's sha256 by path: a run's shards in
-    manifest order, or a plan's rows (its segments in row order, padding left out) for train and every source's
-    val split for val."""
+    manifest order, or a plan's rows (their segments in `mix.RowOrder` at `shuffle_block`, padding left out) for
+    train and every source's val split for val."""
     if mix.is_plan(source):
         plan = mix.read_plan(source)
         problems = mix.check_sources(plan.data)
@@ -181,11 +197,7 @@ def _split_streams(source: str, fmt: str) -> tuple[dict[str, SplitStream], dict[
                              "Rebuild the plan with `tokshard mix`")
         manifests = [_check_run(src["run"], fmt) for src in plan.data["sources"]]
         paths = [[storage.join(src["run"], sh["path"]) for sh in src["shards"]] for src in plan.data["sources"]]
-
-        def segments() -> Iterator[tuple[str, np.ndarray]]:
-            for src, shard, start, length in plan.segments.tolist():
-                yield paths[src][shard], np.array([start, start + length])
-
+        segments = _plan_rows_stream(plan, paths, plan.order(shuffle_block))
         val = [(src["run"], r) for src, m in zip(plan.data["sources"], manifests, strict=True)
                for r in m.shards if r["split"] == "val"]
 
@@ -246,24 +258,35 @@ def _write_file(readers: _Readers, path: str, pieces: list[Piece]) -> int:
 
 
 def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
-           tokens_per_file: int = DEFAULT_TOKENS_PER_FILE) -> dict[str, Any]:
-    """Export a complete `tokshard encode` run (its shards in manifest order) or a `tokshard mix` plan (its rows in
-    order for train, every source's val split for val) as `fmt` ("nanogpt" or "megatron") into `dest`.
+           tokens_per_file: int = DEFAULT_TOKENS_PER_FILE, shuffle_block: int | None = None) -> dict[str, Any]:
+    """Export a complete `tokshard encode` run (its shards in manifest order) or a `tokshard mix` plan (for train its
+    rows in the order `tokshard.data` reads them, for val every source's val split) as `fmt` ("nanogpt" or
+    "megatron") into `dest`.
 
-    Refuses (ValueError) a run that is incomplete, fails verification, or (nanogpt) has uint32 ids; a plan whose
+    `shuffle_block` (plans only): rows permuted together, as `tokshard.data.PackedRows(shuffle_block=)`; None is
+    the loader's default `mix.SHUFFLE_BLOCK`, 0 the plan's order. Refuses (ValueError) a run that is incomplete,
+    fails verification, or (nanogpt) has uint32 ids; a `shuffle_block` below 0 or given with a run; a plan whose
     runs changed; a `dest` that already holds exported files. Each file is written atomically; `dest/export.json`
-    (written last) records the files, their token counts and the tokenizer a trainer must be set up with.
+    (written last) records the files, their token counts, the tokenizer a trainer must be set up with and, from a
+    plan, the `shuffle_block` used.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if shuffle_block is not None and shuffle_block < 0:
+        raise ValueError(f"--shuffle-block must be 0 (the plan's order) or more rows, got {shuffle_block:,}")
     if fmt == "nanogpt" and not 1 <= tokens_per_file < 2**31:
         raise ValueError(f"--tokens-per-file must be between 1 and {2**31 - 1:,} (the header's int32 token count), "
                          f"got {tokens_per_file:,}")
     source, dest = str(source), str(dest) if storage.is_url(dest) else str(Path(dest))
+    from_plan = mix.is_plan(source)
+    if shuffle_block is not None and not from_plan:
+        raise ValueError(f"--shuffle-block orders a plan's rows; {source} is a run, exported in manifest order. "
+                         f"Make a plan of it (`tokshard mix {source} --seq-len L --out PLAN`) to export shuffled rows")
+    shuffle_block = mix.SHUFFLE_BLOCK if shuffle_block is None else shuffle_block
     if storage.is_url(dest):  # a missing bucket, no credentials or a denied write: said before any shard is read
         storage.check_writable(dest)
     _check_dest(dest, f"{FILE_PREFIX}_*.bin" if fmt == "nanogpt" else "*.idx")
-    streams, tok, sha256s = _split_streams(source, fmt)
+    streams, tok, sha256s = _split_streams(source, fmt, shuffle_block)
     storage.makedirs(dest)
     if not storage.is_url(dest):
         atomic.remove_stale_temporaries(Path(dest))  # what a crashed earlier export left
@@ -276,6 +299,8 @@ def export(source: str | Path, dest: str | Path, fmt: str = "nanogpt", *,
         else:
             files, splits = _export_megatron(streams, written, readers, np.dtype(tok["dtype"]))
             extra = {"data_prefix": {split: storage.join(dest, split) for split in splits}}
+        if from_plan:  # the train rows' order: the same as tokshard.data's at this block size
+            extra["shuffle_block"] = shuffle_block
         summary = {"format": fmt, "dest": dest, "source": source, **extra,
                    "tokenizer": {"sha256": tok["sha256"], "vocab_size": tok["vocab_size"], "bos_id": tok["bos_id"]},
                    "splits": splits, "files": files}
@@ -304,10 +329,11 @@ class _Written:
             storage.remove(self.paths)
 
 
-def export_nanogpt(shard_dir: str | Path, dest: str | Path, *,
-                   tokens_per_file: int = DEFAULT_TOKENS_PER_FILE) -> dict[str, Any]:
-    """`export(..., "nanogpt")`: `dest/fineweb_{val,train}_NNNNNN.bin` from a run or a plan."""
-    return export(shard_dir, dest, "nanogpt", tokens_per_file=tokens_per_file)
+def export_nanogpt(shard_dir: str | Path, dest: str | Path, *, tokens_per_file: int = DEFAULT_TOKENS_PER_FILE,
+                   shuffle_block: int | None = None) -> dict[str, Any]:
+    """`export(..., "nanogpt")`: `dest/fineweb_{val,train}_NNNNNN.bin` from a run or a plan (a plan's train rows in
+    `tokshard.data`'s order at `shuffle_block`)."""
+    return export(shard_dir, dest, "nanogpt", tokens_per_file=tokens_per_file, shuffle_block=shuffle_block)
 
 
 def _export_nanogpt(streams: dict[str, SplitStream], out: _Written, readers: _Readers,
@@ -379,6 +405,10 @@ def describe(summary: dict[str, Any]) -> str:
              f"{len(summary['files'])} {summary['format']} files -> {summary['dest']}"]
     for split, s in summary["splits"].items():
         lines.append(f"  {split}: {s['documents']:,} docs, {s['tokens']:,} tokens, {s['files']} file(s)")
+    if "shuffle_block" in summary:
+        block = summary["shuffle_block"]
+        lines.append("  train rows in the plan's order" if block <= 1 else
+                     f"  train rows in tokshard.data's order (blocks of {block:,} rows, permuted by the plan's seed)")
     t = summary["tokenizer"]
     lines.append(f"  vocab_size {t['vocab_size']:,}, <|bos|> id {t['bos_id']} (set these in the trainer)")
     return "\n".join(lines)

@@ -17,6 +17,12 @@ the same order. It is built from the train split of one or more runs:
   masked as a document of their own (a row may then start mid-document). Every row records its segments
   (source, shard, first token, length), so a loader can mask attention per document.
 
+**Read order.** Trainers read a plan's rows in the order `RowOrder` defines, not the order they were packed in: the
+packer emits the row-sized pieces of a long document one after another, so read in plan order a batch held mostly
+one document. Rows are taken in blocks of `SHUFFLE_BLOCK` (8,192) rows, each block permuted by (plan seed, block
+number). A block is a whole number of rows, so a longer plan of the same sources and seed starts with the same rows
+in the same order once its first blocks are complete. `tokshard.data` and `tokshard export` both read through it.
+
 The plan directory holds `plan.json` (sources with the sha256 of every shard used and the tokenizer, shares,
 epochs, waste beside what naive concatenation and nanochat-style cropping give on the same documents) and
 `segments.npy` / `rows.npy` (the segments and each row's first segment), written atomically, plan.json last.
@@ -53,6 +59,9 @@ DEFAULT_MAX_EPOCHS = 4.0  # repeating data up to ~4 epochs costs little (Muennig
 # ../shared/corpus at seq 128, 1,024 halved their tokens in the first 4,800 rows, 4.4% vs 9.3%), while 64 wastes
 # only 0.03 points more (0.79% vs 0.76%).
 PACK_BUFFER = 64
+# Rows permuted together when a plan is read (module doc): over 6x the row-sized pieces of ../shared/corpus's longest
+# document at seq 128, so those pieces spread over many batches.
+SHUFFLE_BLOCK = 8192
 SEGMENT_DTYPE = np.dtype([("source", "<u2"), ("shard", "<u4"), ("start", "<i8"), ("length", "<u4")])
 
 
@@ -397,6 +406,79 @@ class Plan:
 
     def row_segments(self, i: int) -> np.ndarray:
         return self.segments[self.row_first[i] : self.row_first[i + 1]]
+
+    def rows_segments(self, rows: np.ndarray) -> np.ndarray:
+        """The segments of plan rows `rows`, row after row (one gather, no Python loop over rows)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        first = np.asarray(self.row_first[rows], dtype=np.int64)
+        counts = np.asarray(self.row_first[rows + 1], dtype=np.int64) - first
+        # index of each wanted segment: its row's first segment plus its rank inside the row
+        ends = np.cumsum(counts)
+        idx = np.repeat(first - (ends - counts), counts) + np.arange(int(ends[-1]) if len(ends) else 0)
+        return self.segments[idx]
+
+    def order(self, shuffle_block: int = SHUFFLE_BLOCK) -> RowOrder:
+        """The order trainers read this plan's rows in (`RowOrder`)."""
+        return RowOrder(self.rows, int(self.data["seed"]), shuffle_block)
+
+
+class RowOrder:
+    """Which plan row is read at each global row position (module doc, "Read order"): positions are cut into blocks
+    of `shuffle_block` rows and block b (the last one may be shorter) is permuted by
+    `np.random.default_rng([seed, b])`. `shuffle_block` 0 (or 1) reads the plan's order. Only one block's
+    permutation is held, so a plan of millions of rows costs one block of memory."""
+
+    def __init__(self, rows: int, seed: int, shuffle_block: int = SHUFFLE_BLOCK) -> None:
+        if shuffle_block < 0:
+            raise ValueError(f"shuffle_block must be >= 0 rows (0 = the plan's order), got {shuffle_block}")
+        if rows < 0:
+            raise ValueError(f"a plan holds 0 or more rows, got {rows}")
+        self.n_rows, self.seed, self.shuffle_block = rows, seed, shuffle_block
+        self._block, self._perm = -1, np.empty(0, dtype=np.int64)
+
+    @property
+    def blocks(self) -> int:
+        return -(-self.n_rows // self.shuffle_block) if self.shuffle_block > 1 else min(self.n_rows, 1)
+
+    def block(self, b: int) -> np.ndarray:
+        """The plan rows read at the positions of block b, in read order (int64; the plan's order when shuffling
+        is off, then the whole plan is block 0)."""
+        size = self.shuffle_block
+        if size <= 1:
+            if b != 0:
+                raise IndexError(f"block {b}: without shuffling the plan's {self.n_rows} rows are one block")
+            return np.arange(self.n_rows, dtype=np.int64)
+        if not 0 <= b < self.blocks:
+            raise IndexError(f"block {b} is outside the plan's {self.blocks} blocks of {size} rows")
+        if b != self._block:
+            n = min(size, self.n_rows - b * size)
+            self._perm = b * size + np.random.default_rng([self.seed, b]).permutation(n).astype(np.int64)
+            self._block = b
+        return self._perm
+
+    def plan_row(self, i: int) -> int:
+        """The plan row read at global row position `i`."""
+        if not 0 <= i < self.n_rows:
+            raise IndexError(f"row position {i} is outside the plan's {self.n_rows} rows")
+        if self.shuffle_block <= 1:
+            return i
+        b, k = divmod(i, self.shuffle_block)
+        return int(self.block(b)[k])
+
+    def plan_rows(self, first: int, count: int) -> np.ndarray:
+        """The plan rows read at positions [first, first + count), as int64."""
+        if count < 0 or not 0 <= first <= first + count <= self.n_rows:
+            raise IndexError(f"row positions [{first}, {first + count}) are outside the plan's {self.n_rows} rows")
+        size = self.shuffle_block
+        if size <= 1:
+            return np.arange(first, first + count, dtype=np.int64)
+        parts, i, end = [], first, first + count
+        while i < end:
+            b, k = divmod(i, size)
+            take = min(end - i, size - k)
+            parts.append(self.block(b)[k : k + take])
+            i += take
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def is_plan(path: str | Path) -> bool:

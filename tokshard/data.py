@@ -10,12 +10,13 @@
   and `max_seqlen`,
 - `position`: the global row position after this batch (what `state_dict()` stores).
 
-Rows are read in a shuffled order: the plan's rows in blocks of `shuffle_block` (8,192) rows, each block permuted
-by (plan seed, block number). The packer emits the row-sized pieces of a long document one after another (best fit
-takes the longest piece first), so in plan order a batch held mostly one document: on ../shared/corpus at seq 128
-half the 16-row batches drew over 48% of their tokens from a single document, and the tiny model trained on them
-ended 0.2 val BPB behind windows (docs/benchmarks.md). A block is a whole number of rows, so a longer plan of the
-same sources and seed starts with the same rows in the same order once its first blocks are complete.
+Rows are read in a shuffled order, `tokshard.pipeline.mix.RowOrder` (the order `tokshard export` writes too): the
+plan's rows in blocks of `shuffle_block` (8,192) rows, each block permuted by (plan seed, block number). The packer
+emits the row-sized pieces of a long document one after another (best fit takes the longest piece first), so in
+plan order a batch held mostly one document: on ../shared/corpus at seq 128 half the 16-row batches drew over 48%
+of their tokens from a single document, and the tiny model trained on them ended 0.2 val BPB behind windows
+(docs/benchmarks.md). A block is a whole number of rows, so a longer plan of the same sources and seed starts with
+the same rows in the same order once its first blocks are complete.
 The order is a function of the plan (seed) and a global row position only. A global batch is `batch_size * world`
 consecutive rows and rank r takes rows [r * batch_size, (r + 1) * batch_size) of it, so the concatenation of all
 ranks' rows is the single-process sequence, and a state saved at world size W1 resumes exactly at W2. With
@@ -42,7 +43,7 @@ from tokshard.pipeline.shards import ShardReader
 from tokshard.pipeline.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # labels on padding: torch.nn.functional.cross_entropy skips them
-SHUFFLE_BLOCK = 8192  # rows permuted together (module doc): over 6x the pieces of ../shared/corpus's longest document
+SHUFFLE_BLOCK = mix.SHUFFLE_BLOCK  # rows permuted together (module doc)
 
 __all__ = ["IGNORE_INDEX", "Loader", "PackedRows", "open_plan"]
 
@@ -102,10 +103,8 @@ class PackedRows(IterableDataset):
         self.rank, self.world = (r if rank is None else rank), (w if world is None else world)
         if batch_size < 1 or not 0 <= self.rank < self.world:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world, got {batch_size}, {self.rank}, {self.world}")
-        if shuffle_block < 0:
-            raise ValueError(f"shuffle_block must be >= 0 rows (0 = the plan's order), got {shuffle_block}")
+        self.order = self.plan.order(shuffle_block)  # ValueError for a negative block
         self.batch_size, self.shuffle_block = batch_size, shuffle_block
-        self._block, self._perm = -1, np.empty(0, dtype=np.int64)
         self.seq_len = int(self.plan.data["seq_len"])
         self.bos_id = int(self.plan.data["tokenizer"]["bos_id"])
         self.position = 0
@@ -146,15 +145,7 @@ class PackedRows(IterableDataset):
 
     def plan_row(self, i: int) -> int:
         """The plan row read at global row position `i` (module doc: blocks of rows, each permuted)."""
-        size = self.shuffle_block
-        if size <= 1:
-            return i
-        block, k = divmod(i, size)
-        if block != self._block:
-            n = min(size, self.plan.rows - block * size)
-            self._perm = np.random.default_rng([int(self.plan.data["seed"]), block]).permutation(n)
-            self._block = block
-        return block * size + int(self._perm[k])
+        return self.order.plan_row(i)
 
     def rows(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The rows read at positions [first, first + count) as (tokens [count, L + 1], position in document
@@ -164,9 +155,9 @@ class PackedRows(IterableDataset):
         pos = np.zeros((count, row_len), dtype=np.int64)
         filled = np.zeros(count, dtype=np.int64)
         ramp = np.arange(row_len, dtype=np.int64)
-        for i in range(count):
+        for i, row in enumerate(self.order.plan_rows(first, count).tolist()):
             o = 0
-            for src, shard, start, length in self.plan.row_segments(self.plan_row(first + i)).tolist():
+            for src, shard, start, length in self.plan.row_segments(row).tolist():
                 tokens[i, o : o + length] = self._tokens(src, shard)[start : start + length]
                 pos[i, o : o + length] = ramp[:length]
                 o += length

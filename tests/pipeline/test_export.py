@@ -216,13 +216,22 @@ def plan_dir(out_dir, tmp_path_factory) -> Path:
     return d
 
 
-def _plan_documents(plan_dir: Path) -> list[np.ndarray]:
+def _plan_documents(plan_dir: Path, rows: np.ndarray | None = None) -> list[np.ndarray]:
+    """The segments of the plan's `rows` (default: all, in plan order), row after row, read from the shards."""
     plan = mix.read_plan(plan_dir)
     src = plan.data["sources"][0]
+    rows = np.arange(plan.rows) if rows is None else rows
+    readers = {}
     docs = []
-    for _s, shard, start, length in plan.segments.tolist():
-        with ShardReader(Path(src["run"]) / src["shards"][shard]["path"]) as r:
-            docs.append(np.array(r.tokens[start : start + length]))
+    try:
+        for row in rows.tolist():
+            for _s, shard, start, length in plan.row_segments(row).tolist():
+                if shard not in readers:
+                    readers[shard] = ShardReader(Path(src["run"]) / src["shards"][shard]["path"])
+                docs.append(np.array(readers[shard].tokens[start : start + length]))
+    finally:
+        for r in readers.values():
+            r.close()
     return docs
 
 
@@ -240,10 +249,15 @@ def test_megatron_from_a_run_holds_every_document_in_manifest_order(out_dir, tmp
 
 
 @pytest.mark.slow
-def test_a_plan_exports_its_rows_in_order_to_megatron_and_nanogpt(out_dir, plan_dir, tmp_path):
-    docs = _plan_documents(plan_dir)
+def test_a_plan_exports_its_rows_in_the_loaders_order_to_megatron_and_nanogpt(out_dir, plan_dir, tmp_path):
+    plan = mix.read_plan(plan_dir)
+    # the loader's default order (plan_dir's rows are fewer than a block: one permutation of them all)
+    read_order = mix.RowOrder(plan.rows, 3, mix.SHUFFLE_BLOCK).plan_rows(0, plan.rows)
+    assert read_order.tolist() != list(range(plan.rows)), "the fixture must hold enough rows to shuffle"
+    docs = _plan_documents(plan_dir, read_order)
     run_tokshard("export", "--format", "megatron", str(plan_dir), str(tmp_path / "meg"))
     assert [s.tolist() for s in read_megatron(tmp_path / "meg" / "train")] == [d.tolist() for d in docs]
+    assert json.loads((tmp_path / "meg" / "export.json").read_text())["shuffle_block"] == mix.SHUFFLE_BLOCK
     val_tokens, _ = _split_stream(out_dir, "val")
     assert np.array_equal(np.concatenate(read_megatron(tmp_path / "meg" / "val")), val_tokens)
     summary = export(plan_dir, tmp_path / "bins", "nanogpt", tokens_per_file=FILE_TOKENS)
@@ -251,6 +265,34 @@ def test_a_plan_exports_its_rows_in_order_to_megatron_and_nanogpt(out_dir, plan_
     assert np.array_equal(np.concatenate(train), np.concatenate(docs))
     bos = Manifest.read(out_dir).tokenizer["bos_id"]
     assert all(t[0] == bos for t in train), "a file starts at a document"
+    # the order is the segments' only change: the same documents, and val is untouched
+    val = [read_bin(tmp_path / "bins" / f["name"]) for f in summary["files"] if f["split"] == "val"]
+    assert np.array_equal(np.concatenate(val), val_tokens)
+
+
+@pytest.mark.slow
+def test_shuffle_block_0_exports_the_plans_order_and_smaller_blocks_stay_in_their_block(plan_dir, tmp_path):
+    plan = mix.read_plan(plan_dir)
+    run_tokshard("export", "--format", "megatron", "--shuffle-block", "0", str(plan_dir), str(tmp_path / "plain"))
+    in_plan_order = [d.tolist() for d in _plan_documents(plan_dir)]
+    assert [s.tolist() for s in read_megatron(tmp_path / "plain" / "train")] == in_plan_order
+    assert json.loads((tmp_path / "plain" / "export.json").read_text())["shuffle_block"] == 0
+    block = 37  # not a divisor of the plan's rows: the last block is shorter
+    assert plan.rows % block
+    summary = export_nanogpt(plan_dir, tmp_path / "bins", tokens_per_file=FILE_TOKENS, shuffle_block=block)
+    read_order = mix.RowOrder(plan.rows, 3, block).plan_rows(0, plan.rows)
+    assert (read_order // block == np.arange(plan.rows) // block).all() and summary["shuffle_block"] == block
+    train = [read_bin(tmp_path / "bins" / f["name"]) for f in summary["files"] if f["split"] == "train"]
+    assert np.array_equal(np.concatenate(train), np.concatenate(_plan_documents(plan_dir, read_order)))
+
+
+def test_shuffle_block_is_refused_below_0_or_for_a_run(out_dir, plan_dir, tmp_path):
+    proc = run_tokshard("export", "--format", "megatron", "--shuffle-block", "-1", str(plan_dir), str(tmp_path / "a"),
+                        check=False)
+    assert proc.returncode == 2 and "--shuffle-block must be 0" in proc.stderr
+    with pytest.raises(ValueError, match=r"is a run, exported in manifest order.*tokshard mix"):
+        export(out_dir, tmp_path / "b", "megatron", shuffle_block=100)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_plan_over_a_changed_run_is_not_exported(out_dir, tmp_path):

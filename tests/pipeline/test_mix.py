@@ -124,6 +124,29 @@ def test_waste_baselines_by_hand():
     assert naive["rows"] == 3 and naive["wasted_tokens"] == 0
 
 
+def test_row_order_permutes_each_block_by_seed_and_block_number():
+    order = mix.RowOrder(1000, seed=7, shuffle_block=300)  # blocks of 300, 300, 300 and a last one of 100
+    assert order.blocks == 4
+    each = [order.plan_row(i) for i in range(1000)]
+    # the definition, stated independently: block b is b * 300 + default_rng([seed, b]).permutation(its size)
+    expected = np.concatenate([b * 300 + np.random.default_rng([7, b]).permutation(min(300, 1000 - b * 300))
+                               for b in range(4)])
+    assert each == expected.tolist() and each != sorted(each)
+    assert np.concatenate([order.block(b) for b in range(4)]).tolist() == each
+    for first, count in ((0, 1000), (250, 100), (299, 2), (900, 100), (1000, 0), (5, 0)):
+        assert order.plan_rows(first, count).tolist() == each[first : first + count]
+    assert mix.RowOrder(1000, seed=8, shuffle_block=300).plan_rows(0, 300).tolist() != each[:300]
+    # a longer plan's complete blocks read the same rows in the same order
+    assert mix.RowOrder(1500, seed=7, shuffle_block=300).plan_rows(0, 900).tolist() == each[:900]
+    for off in (0, 1):
+        plain = mix.RowOrder(50, seed=7, shuffle_block=off)
+        assert plain.blocks == 1 and plain.plan_rows(0, 50).tolist() == list(range(50)) == plain.block(0).tolist()
+    with pytest.raises(ValueError, match="shuffle_block must be >= 0"):
+        mix.RowOrder(10, seed=0, shuffle_block=-1)
+    with pytest.raises(IndexError, match="outside the plan's 1000 rows"):
+        order.plan_rows(990, 11)
+
+
 def test_plans_round_trip_and_refuse_replaced_arrays(runs, tmp_path):
     plan, packed = mix.build_plan([mix.SourceSpec("web", str(runs["web"]), 1)], 10_000, SEQ, seed=0)
     mix.write_plan(tmp_path / "plan", plan, packed)

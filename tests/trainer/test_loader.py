@@ -97,6 +97,57 @@ def test_batches_of_split_long_documents_mix_documents(sample_run):
     assert shuffled < in_plan_order / 3, (shuffled, in_plan_order)
 
 
+def _read_megatron_train(dest: Path) -> list[np.ndarray]:
+    """`DEST/train` as Megatron-LM's indexed dataset lays it out (header of 34 bytes, sizes, pointers; one
+    sequence per document); tests/pipeline/test_export.py checks the layout itself."""
+    idx = (dest / "train.idx").read_bytes()
+    assert idx[:9] == b"MMIDIDX\x00\x00"
+    n = int(np.frombuffer(idx, "<u8", 1, 18)[0])
+    sizes = np.frombuffer(idx, "<i4", n, 34)
+    pointers = np.frombuffer(idx, "<i8", n, 34 + 4 * n)
+    data = (dest / "train.bin").read_bytes()
+    return [np.frombuffer(data, "<u2", int(k), int(p)) for k, p in zip(sizes, pointers, strict=True)]
+
+
+@pytest.mark.parametrize(("shuffle_block", "batch_size"), [(None, 13), (100, 7), (0, 13)])
+def test_an_export_of_the_plan_holds_the_loaders_rows_in_the_loaders_order(plan, tmp_path, shuffle_block,
+                                                                           batch_size):
+    """What `tokshard export` writes from a plan is what PackedRows yields at the same shuffle block, row after row
+    (padding left out), then the rows of the last partial batch the loader drops."""
+    from tokshard.pipeline.export import export
+
+    p = mix.read_plan(plan)
+    block = mix.SHUFFLE_BLOCK if shuffle_block is None else shuffle_block
+    ds = PackedRows(plan, batch_size=batch_size, shuffle_block=block)
+    loaded = []
+    for batch in ds:
+        full = np.concatenate([batch["input_ids"].numpy(), batch["labels"].numpy()[:, -1:]], axis=1)
+        filled = (batch["labels"].numpy() != IGNORE_INDEX).sum(axis=1) + 1  # labels are -100 only on padding
+        loaded += [row[:n] for row, n in zip(full, filled.tolist(), strict=True)]
+    dropped = p.rows % batch_size
+    assert dropped and len(loaded) == p.rows - dropped, "the fixture must leave a partial batch for the loader to drop"
+    # the dropped rows, and every row's segments, from the order and the plan directly
+    order = mix.RowOrder(p.rows, p.data["seed"], block).plan_rows(0, p.rows)
+    assert (order.tolist() == list(range(p.rows))) == (block == 0)
+    src = p.data["sources"][0]
+    readers = {i: ShardReader(Path(src["run"]) / sh["path"]) for i, sh in enumerate(src["shards"])}
+    segments = [p.row_segments(r).tolist() for r in order.tolist()]
+    for row in segments[len(loaded) :]:
+        loaded.append(np.concatenate([readers[shard].tokens[a : a + n] for _s, shard, a, n in row]))
+    for r in readers.values():
+        r.close()
+    kwargs = {} if shuffle_block is None else {"shuffle_block": shuffle_block}
+    export(plan, tmp_path / "meg", "megatron", **kwargs)
+    docs = _read_megatron_train(tmp_path / "meg")
+    assert [len(d) for d in docs] == [n for row in segments for _s, _sh, _a, n in row], "one sequence per segment"
+    assert np.array_equal(np.concatenate(docs), np.concatenate(loaded))
+    summary = export(plan, tmp_path / "bins", "nanogpt", tokens_per_file=5_000, **kwargs)
+    assert summary["shuffle_block"] == block
+    train = [np.fromfile(tmp_path / "bins" / f["name"], "<u2", offset=1024) for f in summary["files"]
+             if f["split"] == "train"]
+    assert np.array_equal(np.concatenate(train), np.concatenate(loaded))
+
+
 def test_resume_at_any_step_gives_the_same_batches(plan):
     straight = list(PackedRows(plan, batch_size=3))
     assert len(straight) == mix.read_plan(plan).rows // 3

@@ -305,6 +305,11 @@ def local_file(path: str | os.PathLike[str], sha256: str | None = None) -> Path:
     found = info(path)
     if found is None:
         raise FileNotFoundError(f"{path} not found")
+    return _cached_copy(str(path), found, sha256)
+
+
+def _cached_copy(path: str, found: dict[str, Any], sha256: str | None) -> Path:
+    """`local_file` once the store's info of `path` is known (callers that listed it already pass it on)."""
     key = sha256 or hashlib.sha256(f"{path}\0{found.get('size')}\0{stored_tag(found)}".encode()).hexdigest()
     dest = cache_dir() / "objects" / key[:2] / f"{key}{Path(str(path)).suffix}"
     if dest.is_file():
@@ -332,10 +337,10 @@ def local_dir(directory: str | os.PathLike[str], names: Iterable[str]) -> Path:
     key = hashlib.sha256(json.dumps([str(directory), sorted((n, f.get("size"), stored_tag(f))
                                                             for n, f in present.items())]).encode()).hexdigest()
     dest = cache_dir() / "dirs" / key
-    for name in present:
+    for name, found in present.items():
         target = dest / name
         if not target.is_file():
-            atomic.write_bytes(target, local_file(join(directory, name)).read_bytes())
+            atomic.write_bytes(target, _cached_copy(join(directory, name), found, None).read_bytes())
     return dest
 
 

@@ -10,7 +10,7 @@ is the commit: readers trust only the keys a committed record (and then the mani
 driver deletes what dead attempts left behind at the end of a run (`uncommitted`).
 
 Each written object's size and what the store says about it right after the write (`stored_tag`: the ETag on S3,
-the md5/crc on GCS, the mtime on a local disk) are recorded, so a resumed run can keep a finished slice by
+the md5 on GCS, the mtime on a local disk) are recorded, so a resumed run can keep a finished slice by
 asking the store for the object's metadata instead of reading it back. `inspect` still reads every byte and
 checks sha256s.
 
@@ -19,7 +19,8 @@ Readers that need a real file (the memory-mapped `ShardReader`, the tokenizer) g
 `~/.cache/tokshard`), verified against its sha256 when one is known.
 
 Credentials and endpoints come from each filesystem's own configuration (for s3fs: the standard AWS environment
-variables and config files, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` included).
+variables and config files, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_S3` included; for gcsfs: Google's application
+default credentials, and `STORAGE_EMULATOR_HOST` for an emulator).
 """
 
 from __future__ import annotations
@@ -39,8 +40,11 @@ from tokshard.pipeline import atomic
 CACHE_ENV = "TOKSHARD_CACHE"
 _CHUNK = 8 << 20
 # What a filesystem reports about an object that changes whenever its bytes do, by preference: S3's ETag (an MD5
-# of the content, or of its parts), GCS's md5/crc32c, and a local file's modification time in nanoseconds.
-_TAG_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "mtime_ns")
+# of the content, or of its parts), GCS's md5Hash (the content's MD5), and a local file's modification time in
+# nanoseconds. GCS's own `etag` comes after md5Hash: Google documents it as opaque, and on GCS's JSON API it also
+# changes when only the object's metadata does (its metageneration), which would make resume re-encode an unchanged
+# shard. It is the fallback for an object without md5Hash (a composed one), before the 32-bit crc32c.
+_TAG_KEYS = ("ETag", "md5Hash", "etag", "crc32c", "mtime_ns")
 
 
 class StorageError(ValueError):
@@ -65,16 +69,23 @@ def display(path: str | os.PathLike[str]) -> str:
     return str(path) if is_url(path) else str(Path(str(path).removeprefix("file://")).absolute())
 
 
-def filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
+def filesystem(path: str | os.PathLike[str], listings_cache: bool = True) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) for a local path or URL; a clear error when the scheme's package is
-    missing."""
+    missing.
+
+    `listings_cache=False`, what this module's own calls use, gives a filesystem that never answers from an
+    earlier listing. s3fs and gcsfs remember every listing a process made and answer `info` / `exists` / the size
+    `open` reads from it, so once another process (a Ray worker, another tokshard command) replaced or deleted an
+    object, a long-lived process would still see the old size and tag: resume would keep a slice whose shard was
+    replaced, and a deleted dead attempt would still exist. Sources keep the cache: their files do not change under
+    a run, and a listing of hf:// answers many questions that would each be a request."""
     import fsspec
 
     text = str(path)
     if not is_url(text):
         return fsspec.filesystem("file"), str(Path(text.removeprefix("file://")).absolute())
     try:
-        fs, inner = fsspec.core.url_to_fs(text)
+        fs, inner = fsspec.core.url_to_fs(text, **({} if listings_cache else {"use_listings_cache": False}))
     except (ImportError, ValueError) as e:
         scheme = text.split("://", 1)[0]
         extra = {"s3": " (pip install 'tokshard[s3]')", "gs": " (pip install 'tokshard[gcs]')",
@@ -83,13 +94,18 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
     return fs, inner
 
 
+def _fresh_filesystem(path: str | os.PathLike[str]) -> tuple[Any, str]:
+    """`filesystem` without the listings cache: what this module's reads, listings, writes and deletes use."""
+    return filesystem(path, listings_cache=False)
+
+
 # -- reading ----------------------------------------------------------------------------------------------
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """The whole object/file; FileNotFoundError names it when absent."""
     if not is_url(path):
         with open(str(path).removeprefix("file://"), "rb") as f:
             return f.read()
-    fs, inner = filesystem(path)
+    fs, inner = _fresh_filesystem(path)
     try:
         return fs.cat_file(inner)
     except FileNotFoundError:
@@ -112,7 +128,7 @@ def info(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         if not stat.S_ISREG(st.st_mode):
             return None
         return {"size": st.st_size, "mtime_ns": str(st.st_mtime_ns), "type": "file"}
-    fs, inner = filesystem(path)
+    fs, inner = _fresh_filesystem(path)
     try:
         found = fs.info(inner)
     except FileNotFoundError:
@@ -136,7 +152,7 @@ def list_files(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     """Every object/file under `directory` (recursively), by path relative to it, with its info."""
     if not is_url(directory):
         return _list_local(str(directory).removeprefix("file://"), "")
-    fs, inner = filesystem(directory)
+    fs, inner = _fresh_filesystem(directory)
     inner = inner.rstrip("/")
     try:
         found = fs.find(inner, detail=True)
@@ -169,7 +185,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
             while chunk := f.read(_CHUNK):
                 digest.update(chunk)
         return digest.hexdigest()
-    fs, inner = filesystem(path)
+    fs, inner = _fresh_filesystem(path)
     with fs.open(inner, "rb", block_size=_CHUNK) as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
@@ -187,7 +203,7 @@ def open_write(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
         with atomic.atomic_open(str(path).removeprefix("file://"), "wb") as f:
             yield f
         return
-    fs, inner = filesystem(path)
+    fs, inner = _fresh_filesystem(path)
     try:
         f = fs.open(inner, "wb")
     except Exception as e:
@@ -227,8 +243,8 @@ def remove(paths: Iterable[str]) -> int:
         Path(p).unlink(missing_ok=True)
     remote = [p for p in paths if is_url(p)]
     if remote:
-        fs, _ = filesystem(remote[0])
-        inner = [filesystem(p)[1] for p in remote]
+        fs, _ = _fresh_filesystem(remote[0])
+        inner = [_fresh_filesystem(p)[1] for p in remote]
         try:
             fs.rm(inner)  # one batched request on S3 (up to 1,000 keys each)
         except FileNotFoundError:  # filesystems that refuse to delete what is not there: one at a time
@@ -270,22 +286,33 @@ def check_writable(directory: str | os.PathLike[str]) -> None:
         raise _store_error(str(directory), e) from e
 
 
+# Where each store's client reads its credentials and its endpoint, named in the errors below.
+_S3_CONFIG = ("set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+              "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (for an S3-compatible store)")
+_GCS_CONFIG = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key, or run `gcloud auth "
+               "application-default login` (on GCE/GKE: the instance's service account)",
+               "STORAGE_EMULATOR_HOST (for an emulator)")
+_STORE_CONFIG = {"s3": _S3_CONFIG, "s3a": _S3_CONFIG, "gs": _GCS_CONFIG, "gcs": _GCS_CONFIG}
+
+
 def _store_error(url: str, exc: BaseException) -> StorageError:
     """A user-facing message for what fsspec filesystems raise: their types differ per package, their names and
     messages are what tell the cases apart."""
     text = f"{type(exc).__name__}: {exc}"
     low = text.lower()
-    bucket = url.split("://", 1)[-1].split("/", 1)[0]
+    scheme, _, rest = url.partition("://")
+    bucket = rest.split("/", 1)[0]
+    credentials, endpoint = _STORE_CONFIG.get(scheme, ("use the filesystem's usual configuration",
+                                                       "the filesystem's endpoint configuration"))
     if "nosuchbucket" in low or ("bucket" in low and "not exist" in low) or isinstance(exc, FileNotFoundError):
         hint = f"bucket {bucket!r} does not exist (create it, or fix the URL)"
-    elif "credential" in low or "nocredentials" in low or "unable to locate" in low:
-        hint = ("no credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE (for S3), or the "
-                "filesystem's usual configuration")
+    # "anonymous caller": GCS answering a request that carried no credentials (gcsfs falls back to anonymous).
+    elif "credential" in low or "unable to locate" in low or "anonymous caller" in low:
+        hint = f"no credentials: {credentials}"
     elif "accessdenied" in low or "access denied" in low or "forbidden" in low or isinstance(exc, PermissionError):
         hint = "access denied: the credentials in use may not write there (check the bucket policy / IAM role)"
     elif "connect" in low or "endpoint" in low or "timeout" in low or "name resolution" in low:
-        hint = ("endpoint unreachable: check the network and AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 (for an "
-                "S3-compatible store)")
+        hint = f"endpoint unreachable: check the network and {endpoint}"
     else:
         hint = "check the URL, the network and the credentials"
     return StorageError(f"cannot use {url}: {hint} ({text.splitlines()[0][:300]})")
@@ -314,7 +341,7 @@ def _cached_copy(path: str, found: dict[str, Any], sha256: str | None) -> Path:
     dest = cache_dir() / "objects" / key[:2] / f"{key}{Path(str(path)).suffix}"
     if dest.is_file():
         return dest
-    fs, inner = filesystem(path)
+    fs, inner = _fresh_filesystem(path)
     digest = hashlib.sha256()
     with atomic.atomic_open(dest, "wb") as out, fs.open(inner, "rb", block_size=_CHUNK) as src:
         while chunk := src.read(_CHUNK):

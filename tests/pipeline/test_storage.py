@@ -1,8 +1,11 @@
-"""pipeline/storage.py on a local directory, fsspec's in-memory filesystem and the S3 server: whole-or-nothing
-writes, per-attempt keys, change tags, listing, the verified cache and the errors users see."""
+"""pipeline/storage.py on a local directory, fsspec's in-memory filesystem, the S3 server and the GCS server:
+whole-or-nothing writes, per-attempt keys, change tags, listing, the verified cache and the errors users see."""
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -11,12 +14,14 @@ from tokshard.pipeline import storage
 from tokshard.pipeline.manifest import verify_shards
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "gs"])
 def base(request, tmp_path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     if request.param == "memory":
         return f"memory://tokshard-test-{uuid.uuid4().hex[:8]}"
+    if request.param == "gs":
+        return f"{request.getfixturevalue('gcs_bucket')}/prefix"
     return f"{request.getfixturevalue('s3_bucket')}/prefix"
 
 
@@ -63,6 +68,30 @@ def test_cheap_verification_sees_a_replaced_object_without_reading_it(base):
     storage.write_bytes(path, b"abcdeX")  # same size, other bytes
     assert "changed" in verify_shards(base, [record])[0] or "sha256" in verify_shards(base, [record])[0]
     assert "sha256 differs" in verify_shards(base, [record], full=True)[0]
+
+
+def test_what_another_process_changed_is_seen_after_a_listing(base):
+    """info / exists / reads answer what the store holds now, not what a listing this process made earlier saw:
+    s3fs and gcsfs remember listings, and a long-lived process (a driver resuming twice, the service) would keep
+    a slice whose shard another process replaced, or find a dead attempt's deleted object still there."""
+    if base.startswith("memory://"):
+        pytest.skip("fsspec's memory filesystem lives inside one process")
+    kept, gone = storage.join(base, "train", "kept.arrow"), storage.join(base, "train", "gone.arrow")
+    storage.write_bytes(kept, b"first")
+    storage.write_bytes(gone, b"deleted soon")
+    listed = storage.list_files(base)
+    assert sorted(listed) == ["train/gone.arrow", "train/kept.arrow"]
+    subprocess.run([sys.executable, "-c", "import sys; from tokshard.pipeline import storage; "
+                    "storage.write_bytes(sys.argv[1], b'second version'); storage.remove([sys.argv[2]])", kept, gone],
+                   check=True, timeout=120)
+    found = storage.info(kept)
+    assert found["size"] == len(b"second version")
+    assert storage.stored_tag(found) != storage.stored_tag(listed["train/kept.arrow"])
+    assert storage.read_bytes(kept) == b"second version"
+    assert storage.sha256_of(kept) == hashlib.sha256(b"second version").hexdigest()
+    assert not storage.exists(gone)
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(gone)
 
 
 def test_local_copies_are_verified_and_refetched_when_replaced(s3_bucket, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,12 +117,19 @@ class LocalCluster:
                 and not Path(f"/proc/{p}/cmdline").read_bytes().startswith(RAY.encode())]
 
     def add_node(self, cpus: int = 1) -> subprocess.Popen:
-        """Start a worker node and wait until the head knows it (a raylet process is not yet a member)."""
+        """Start a worker node and wait until the head knows it (a raylet process is not yet a member).
+
+        The wait also keeps nodes from racing each other: every node of this host picks its raylet's socket name in
+        the shared session directory (`raylet`, `raylet.1`, ...) by looking for the first name not taken yet, and a
+        raylet binds its socket only once it runs. A node started before the previous one registered (which comes
+        after that bind) could pick the same name, and its raylet then dies with "bind: Address already in use"
+        while `ray start --block` stays up: a member that never runs a task."""
         node = self._start([f"--address={self.address}"], cpus)
-        wait_for(lambda: len(self._members_seen_by_head()) >= len(self.nodes) - 1, 180, "the node to join")
+        wait_for(lambda: len(self._members_seen_by_head()) >= len(self.nodes), 180, "the node to join")
         return node
 
     def _members_seen_by_head(self) -> set[str]:
+        """Node ids the head's raylet has been told are alive: itself included (it logs its own notification)."""
         log = next(Path(self.temp_dir).glob("session_*/logs/raylet.out"), None)
         text = log.read_text(errors="replace") if log else ""
         return set(re.findall(r"liveness notification for node, IsAlive = 1 node_id=(\w+)", text))
@@ -143,3 +151,4 @@ class LocalCluster:
         for pid in processes_mentioning(self.temp_dir):  # anything a killed node left behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # its sessions' logs and sockets (~5 MB per cluster)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,7 @@ def test_driver_killed_then_rerun_resumes(big_source, small_tokenizer_dir, refer
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a machine dying would
         driver.wait(timeout=30)
         _kill_everything_of(marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     # Counted only once nothing of the killed run can write any more.
     finished = _committed_slices(out)
     assert not storage.exists(storage.join(out, "manifest.json"))

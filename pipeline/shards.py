@@ -71,7 +71,7 @@ def write_shard(
     if len(tokens) >= 2**31:
         raise ValueError(f"a shard holds at most 2**31-1 tokens, got {len(tokens)}; plan smaller slices")
     token_col = pa.ListArray.from_arrays(_numpy_array(offsets.astype(np.int32)), _numpy_array(tokens))
-    batch = pa.record_batch([string_array(ids), token_col], schema=schema)
+    batch = pa.record_batch([_string_array(ids), token_col], schema=schema)
     digest = hashlib.sha256()
     with storage.open_write(path) as f:
         sink = _HashingSink(f, digest)
@@ -92,7 +92,7 @@ def _numpy_array(values: np.ndarray) -> pa.Array:
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
 
 
-def string_array(strings: Sequence[str]) -> pa.StringArray:
+def _string_array(strings: Sequence[str]) -> pa.StringArray:
     """An Arrow string array built from its buffers (UTF-8 bytes and int32 offsets), for the same reason as
     `_numpy_array`: `pa.array(list_of_str)` imports pandas too."""
     encoded = [s.encode() for s in strings]

@@ -104,12 +104,17 @@ class PackedRows(IterableDataset):
         if batch_size < 1 or not 0 <= self.rank < self.world:
             raise ValueError(f"need batch_size >= 1 and 0 <= rank < world, got {batch_size}, {self.rank}, {self.world}")
         self.order = self.plan.order(shuffle_block)  # ValueError for a negative block
-        self.batch_size, self.shuffle_block = batch_size, shuffle_block
+        self.batch_size = batch_size
         self.seq_len = int(self.plan.data["seq_len"])
         self.bos_id = int(self.plan.data["tokenizer"]["bos_id"])
         self.position = 0
         self._readers: dict[tuple[int, int], np.ndarray] = {}
         self._open: list[ShardReader] = []
+
+    @property
+    def shuffle_block(self) -> int:
+        """Rows permuted together when read (0 or 1: the plan's order); the read order holds it."""
+        return self.order.shuffle_block
 
     @property
     def global_batch(self) -> int:
